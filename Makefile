@@ -1,0 +1,38 @@
+# The two commands of the README: `make demo` and `make test`. Both set up .venv first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# Rebuilt when the dependency files change (or the venv is missing or broken).
+STAMP  := $(VENV)/.detlab-installed
+PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
+PYTEST_WORKERS ?= 2
+
+.PHONY: all venv test test-fast lint demo clean
+
+all: test
+
+$(STAMP): pyproject.toml constraints.txt
+	@$(BIN)/python -c "import sys" 2>/dev/null || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
+	$(PIP_INSTALL) -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+# Every check, slow ones included (CI runs this through .ci/run).
+test: lint
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) tests
+
+# The quick loop while editing: skips tests marked slow.
+test-fast: lint
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -m "not slow" tests
+
+demo: $(STAMP)
+	@echo "make demo: the demo is not built yet (the walking-skeleton issue builds it:" >&2
+	@echo "train RetinaNet on the embedded shapes data through notebooks/00_quickstart.ipynb)." >&2
+	@exit 1
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache build *.egg-info

@@ -1,0 +1,46 @@
+"""detlab: a Jupyter-first object-detection experimentation kit with MMDetection 2.x configs.
+
+The public API is re-exported here and imported on first use, so ``import detlab`` stays quick;
+heavy packages (torch, matplotlib, pandas, pycocotools, ipywidgets, papermill) load only when a
+function that needs them runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    "Config": "detlab.config",
+    "ConfigDict": "detlab.config",
+    "ConfigError": "detlab.config",
+    "load_config": "detlab.config",
+    "parse_cfg_options": "detlab.config",
+    "Registry": "detlab.registry",
+    "MODELS": "detlab.registry",
+    "DATASETS": "detlab.registry",
+    "TRANSFORMS": "detlab.registry",
+    "PIPELINES": "detlab.registry",
+    "HOOKS": "detlab.registry",
+    "OPTIMIZERS": "detlab.registry",
+    "OPTIMIZER_BUILDERS": "detlab.registry",
+    "build_optimizer": "detlab.engine.optim",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'detlab' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

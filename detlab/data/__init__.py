@@ -1,0 +1,4 @@
+"""Datasets, transforms (pipelines), loaders and converters.
+
+Importing this package registers the built-in datasets and transforms.
+"""

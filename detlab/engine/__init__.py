@@ -1,0 +1,1 @@
+"""Training: the loop, hooks, optimizers and schedules, checkpoints, logging."""

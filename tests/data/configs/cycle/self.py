@@ -1,0 +1,2 @@
+_base_ = './self.py'
+x = 1

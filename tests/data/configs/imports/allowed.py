@@ -1,0 +1,2 @@
+custom_imports = dict(imports=['detlab_no_such_module_xyz'], allow_failed_imports=True)
+value = 1

@@ -1,0 +1,2 @@
+"""A module that a config imports through custom_imports."""
+LOADED = True

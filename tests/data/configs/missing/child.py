@@ -1,0 +1,1 @@
+_base_ = ['../_base_/runtime.py', 'does_not_exist.py']

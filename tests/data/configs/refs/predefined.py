@@ -1,0 +1,3 @@
+work_dir = '{{ fileDirname }}/work_dirs/{{ fileBasenameNoExtension }}'
+source_name = '{{ fileBasename }}'
+suffix = '{{ fileExtname }}'

@@ -1,0 +1,56 @@
+"""The ``detlab`` command line."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from detlab.cli import main
+from detlab.config import Config
+
+
+def test_print_config_is_loadable_python(configs, capsys):
+    assert main(["print-config", str(configs / "chain" / "level3.py")]) == 0
+    text = capsys.readouterr().out
+    assert Config.fromstring(text) == Config.fromfile(configs / "chain" / "level3.py")
+
+
+def test_print_config_with_cfg_options(configs, capsys):
+    status = main(["print-config", str(configs / "chain" / "level1.py"), "--cfg-options",
+                   "model.bbox_head.num_classes=3", "data.train.pipeline.2.img_scale=(640,480)",
+                   "optimizer.lr=0.5"])
+    assert status == 0
+    cfg = Config.fromstring(capsys.readouterr().out)
+    assert cfg.model.bbox_head.num_classes == 3
+    assert cfg.data.train.pipeline[2].img_scale == (640, 480)
+    assert cfg.optimizer.lr == 0.5
+
+
+def test_print_config_json_and_provenance(configs, capsys):
+    main(["print-config", str(configs / "chain" / "level2.py"), "--format", "json"])
+    assert json.loads(capsys.readouterr().out)["optimizer"]["lr"] == 0.005
+    main(["print-config", str(configs / "chain" / "level2.py"), "--provenance",
+          "--cfg-options", "optimizer.momentum=0.8"])
+    lines = dict(line.split(None, 1) for line in capsys.readouterr().out.splitlines())
+    assert lines["optimizer.lr"].strip().endswith("level2.py")
+    assert lines["optimizer.momentum"].strip() == "cfg_options"
+
+
+def test_config_error_is_a_message_not_a_traceback(configs, capsys):
+    assert main(["print-config", str(configs / "dup" / "child.py")]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "a.py" in err and "b.py" in err and "Traceback" not in err
+    assert main(["print-config", str(configs / "chain" / "level1.py"), "--cfg-options",
+                 "oops"]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
+
+
+def test_python_dash_m_and_console_script(configs):
+    out = subprocess.run([sys.executable, "-m", "detlab", "--version"], capture_output=True,
+                         text=True, check=True).stdout
+    assert out.startswith("detlab ")
+    script = Path(sys.executable).parent / "detlab"
+    assert script.exists(), "the console script is installed with the package"
+    out = subprocess.run([str(script), "print-config", str(configs / "chain" / "level1.py")],
+                         capture_output=True, text=True, check=True).stdout
+    assert "model = dict(" in out
