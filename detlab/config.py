@@ -442,7 +442,15 @@ def _read_python(text: str, path: str, base: Mapping) -> dict:
         raise ConfigError(f"{path}, line {err.lineno}: syntax error in config: {err.msg}") from err
     namespace: dict[str, Any] = {"__file__": path, "__name__": "__detlab_config__"}
     exec(code, namespace)  # a .py config is Python by design, as in MMDetection
+    _reject_top_level_delete(namespace, path)
     return {k: v for k, v in namespace.items() if _is_config_value(k, v)}
+
+
+def _reject_top_level_delete(raw: Mapping, path: str) -> None:
+    if DELETE_KEY in raw:
+        raise ConfigError(f"{path}: {DELETE_KEY} at the top level of a file has nothing to "
+                          f"replace; put it inside the dict that should replace its base, e.g. "
+                          f"optimizer = dict({DELETE_KEY}=True, type='AdamW', lr=1e-4)")
 
 
 def _read_data_file(text: str, path: str) -> tuple[dict, dict[str, str]]:
@@ -464,6 +472,7 @@ def _read_data_file(text: str, path: str) -> tuple[dict, dict[str, str]]:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a config file must hold a mapping of keys to values, "
                           f"not a {type(raw).__name__}")
+    _reject_top_level_delete(raw, path)
     return raw, refs
 
 

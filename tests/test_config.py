@@ -132,6 +132,14 @@ def test_delete_must_be_a_bool(configs):
         Config.fromfile(configs / "delete" / "bad_delete_value.py")
 
 
+@pytest.mark.parametrize("name,text", [("top.py", "_delete_ = True\na = 1\n"),
+                                       ("top.json", '{"_delete_": true, "a": 1}')])
+def test_delete_at_the_top_level_is_an_error(tmp_path, name, text):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(ConfigError, match=f"{name}: _delete_ at the top level"):
+        Config.fromfile(tmp_path / name)
+
+
 def test_duplicate_key_in_two_bases_names_both_files(configs):
     with pytest.raises(ConfigKeyError) as err:
         Config.fromfile(configs / "dup" / "child.py")
