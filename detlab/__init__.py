@@ -28,6 +28,20 @@ _EXPORTS = {
     "OPTIMIZERS": "detlab.registry",
     "OPTIMIZER_BUILDERS": "detlab.registry",
     "build_optimizer": "detlab.engine.optim",
+    "Batch": "detlab.structures",
+    "DetResult": "detlab.structures",
+    "build_model": "detlab.models",
+    "build_detector": "detlab.models",
+    "build_dataset": "detlab.data",
+    "build_dataloader": "detlab.data",
+    "make_shapes_dataset": "detlab.data",
+    "train": "detlab.engine.trainer",
+    "test": "detlab.engine.tester",
+    "single_gpu_test": "detlab.engine.tester",
+    "init_detector": "detlab.inference",
+    "inference_detector": "detlab.inference",
+    "show_result": "detlab.inference",
+    "coco_evaluate": "detlab.evaluation",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -57,8 +57,137 @@ def _short_path(path: str) -> str:
     return path
 
 
+def _add_train(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("train", help="train the model a config describes",
+                                   description="Train a detector (MMDetection's tools/train.py).")
+    parser.add_argument("config", help="config file")
+    parser.add_argument("--work-dir", help="where logs and checkpoints go")
+    parser.add_argument("--resume-from", help="checkpoint to continue (weights, optimizer, epoch)")
+    parser.add_argument("--load-from", help="checkpoint whose weights to start from")
+    parser.add_argument("--no-validate", action="store_true",
+                        help="do not evaluate on data.val during training")
+    parser.add_argument("--device", help="cuda, cuda:1, cpu ... (default: CUDA when present)")
+    parser.add_argument("--seed", type=int, help="random seed")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="deterministic cuDNN kernels")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_cfg_options(parser)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from detlab.engine.trainer import train
+
+    run = train(args.config, work_dir=args.work_dir, device=args.device,
+                resume_from=args.resume_from, load_from=args.load_from,
+                validate=not args.no_validate, seed=args.seed, deterministic=args.deterministic,
+                cfg_options=args.cfg_options, progress=not args.no_progress)
+    print(f"work_dir: {run.work_dir}\ncheckpoint: {run.checkpoint}")
+    for key, value in run.metrics.items():
+        print(f"{key}: {value:.4f}")
+    return 0
+
+
+def _add_test(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("test", help="detect on the test set and evaluate",
+                                   description="Test a checkpoint (MMDetection's tools/test.py).")
+    parser.add_argument("config", help="config file")
+    parser.add_argument("checkpoint", help="checkpoint file")
+    parser.add_argument("--out", help="save the results as a .pkl (MMDetection's format)")
+    parser.add_argument("--eval", nargs="+", default=[], help="metrics, e.g. bbox")
+    parser.add_argument("--show-dir", help="save each image with its detections drawn here")
+    parser.add_argument("--show-score-thr", type=float, default=0.3,
+                        help="score threshold for --show-dir (default 0.3)")
+    parser.add_argument("--eval-options", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="options of dataset.evaluate, e.g. classwise=True")
+    parser.add_argument("--device", help="cuda, cpu ... (default: CUDA when present)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_cfg_options(parser)
+
+
+def _run_test(args: argparse.Namespace) -> int:
+    from detlab.config import parse_cfg_options
+    from detlab.engine.tester import test
+
+    if not args.eval and not args.out and not args.show_dir:
+        raise ValueError("say what to do with the results: --eval bbox, --out results.pkl "
+                         "and/or --show-dir DIR")
+    output = test(args.config, args.checkpoint, eval=args.eval, out=args.out,
+                  show_dir=args.show_dir, show_score_thr=args.show_score_thr, device=args.device,
+                  cfg_options=args.cfg_options, eval_options=parse_cfg_options(args.eval_options),
+                  progress=not args.no_progress)
+    for key, value in output.items():
+        if key == "classwise":
+            print(value.to_string(index=False))
+        elif isinstance(value, float):
+            print(f"{key}: {value:.4f}")
+        elif isinstance(value, str):
+            print(f"{key}: {value}")
+    return 0
+
+
+def _add_make_shapes(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "make-shapes", help="write the embedded shapes dataset (COCO format)",
+        description="Generate the shapes detection dataset: images and COCO annotations.")
+    parser.add_argument("out_dir", help="output folder")
+    parser.add_argument("--num-train", type=int, default=400)
+    parser.add_argument("--num-val", type=int, default=100)
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _run_make_shapes(args: argparse.Namespace) -> int:
+    from detlab.data import make_shapes_dataset
+
+    paths = make_shapes_dataset(args.out_dir, num_train=args.num_train, num_val=args.num_val,
+                                image_size=args.image_size, seed=args.seed)
+    for key, value in paths.items():
+        print(f"{key}: {value}")
+    return 0
+
+
+def _add_nb(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("nb", help="run parameterized notebooks with papermill",
+                                   description="Run notebooks headless (papermill).")
+    actions = parser.add_subparsers(dest="nb_action", metavar="ACTION")
+    actions.required = True
+    run = actions.add_parser("run", help="execute a notebook with parameters")
+    run.add_argument("notebook", help="the notebook to run")
+    run.add_argument("output", help="where the executed notebook goes (.ipynb)")
+    run.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
+                     metavar=("KEY", "VALUE"),
+                     help="a parameter; VALUE follows the --cfg-options rules (1, 0.5, true, "
+                          "none, [1,2], (1,2), text)")
+    run.add_argument("--cwd", default=".", help="working directory of the kernel")
+    run.add_argument("--timeout", type=float, help="seconds a cell may run")
+
+
+def _run_nb(args: argparse.Namespace) -> int:
+    import os
+
+    from detlab.config import parse_value
+    from detlab.notebooks import run_notebook
+
+    parameters = {key: parse_value(value) for key, value in args.parameter}
+    output_dir = os.path.dirname(os.path.abspath(args.output))
+    run = run_notebook(args.notebook, output_dir, parameters,
+                       output_name=os.path.basename(args.output), cwd=args.cwd,
+                       timeout=args.timeout, raise_on_error=False)
+    print(f"{run.status}: {run.output} ({run.duration:.0f} s)")
+    for key, value in run.records.items():
+        print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
+    if run.status != "ok":
+        print(f"error in cell {run.failed_cell}: {run.error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 VERBS = {
     "print-config": (_add_print_config, _run_print_config),
+    "train": (_add_train, _run_train),
+    "test": (_add_test, _run_test),
+    "make-shapes": (_add_make_shapes, _run_make_shapes),
+    "nb": (_add_nb, _run_nb),
 }
 
 

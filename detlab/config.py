@@ -6,6 +6,7 @@ keys are then merged into theirs:
 
 - a dict merges key by key into the base dict of the same name;
 - ``_delete_=True`` inside a dict replaces the base dict instead of merging into it;
+- a dict replaces a base value of ``None`` (MMDetection would want ``_delete_=True`` there);
 - lists, tuples and scalars replace what the base had;
 - a key defined by two files of one ``_base_`` list is an error.
 
@@ -271,7 +272,9 @@ def _merge(child: Mapping, base: Any, source: str, prov: Provenance, prefix: str
             if not isinstance(delete, bool):
                 raise ConfigError(f"{source}: '{path}.{DELETE_KEY}' must be True or False, "
                                   f"got {delete!r}")
-            if key in out and not delete:
+            # A base value of None is "not set": a dict replaces it without _delete_ (MMDetection
+            # demands _delete_ here, e.g. for optimizer_config.grad_clip=None in schedule_1x).
+            if key in out and out[key] is not None and not delete:
                 _check_mergeable(out[key], value, path, source, prov, allow_list_keys)
                 out[key] = _merge(value, out[key], source, prov, path, allow_list_keys)
                 continue

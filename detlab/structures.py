@@ -60,7 +60,10 @@ def scale_boxes(boxes: Boxes, scale_factor: Any) -> Boxes:
     elif factor.size == 2:
         factor = np.tile(factor, 2)
     if isinstance(boxes, torch.Tensor):
-        return boxes * torch.as_tensor(factor, dtype=boxes.dtype, device=boxes.device)
+        dtype = boxes.dtype if boxes.is_floating_point() else torch.float32
+        return boxes.to(dtype) * torch.as_tensor(factor, dtype=dtype, device=boxes.device)
+    if not np.issubdtype(np.asarray(boxes).dtype, np.floating):
+        return np.asarray(boxes, dtype=np.float32) * factor
     return (boxes * factor).astype(boxes.dtype, copy=False)
 
 
@@ -145,7 +148,12 @@ class DetResult:
     image: np.ndarray | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        self.boxes = torch.as_tensor(self.boxes, dtype=torch.float32).reshape(-1, 4)
+        boxes = torch.as_tensor(self.boxes, dtype=torch.float32)
+        if boxes.numel() == 0 or boxes.shape == (4,):  # no boxes, or a single one
+            boxes = boxes.reshape(-1, 4)
+        if boxes.ndim != 2 or boxes.shape[1] != 4:
+            raise ValueError(f"DetResult boxes must be (N, 4) xyxy, got shape {tuple(boxes.shape)}")
+        self.boxes = boxes
         self.scores = torch.as_tensor(self.scores, dtype=torch.float32).reshape(-1)
         self.labels = torch.as_tensor(self.labels, dtype=torch.int64).reshape(-1)
         if self.masks is not None:
@@ -153,8 +161,10 @@ class DetResult:
         n = len(self.boxes)
         if len(self.scores) != n or len(self.labels) != n or (
                 self.masks is not None and len(self.masks) != n):
+            masks = "" if self.masks is None else f", {len(self.masks)} masks"
             raise ValueError(f"DetResult needs as many scores, labels (and masks) as boxes: "
-                             f"{n} boxes, {len(self.scores)} scores, {len(self.labels)} labels")
+                             f"{n} boxes, {len(self.scores)} scores, {len(self.labels)} labels"
+                             f"{masks}")
         if self.class_names is not None:
             self.class_names = tuple(self.class_names)
 
@@ -168,9 +178,15 @@ class DetResult:
         return len(self.boxes)
 
     def __getitem__(self, index: Any) -> DetResult:
-        """The detections selected by a slice, an index tensor or a boolean mask."""
-        if isinstance(index, int):
-            index = slice(index, index + 1 if index != -1 else None)
+        """The detections selected by an int, a slice, an index tensor or a boolean mask."""
+        if isinstance(index, (int, np.integer)) or (
+                isinstance(index, torch.Tensor) and index.ndim == 0
+                and not index.dtype == torch.bool):
+            position = int(index)
+            if not -len(self) <= position < len(self):
+                raise IndexError(f"detection {position} of a result with {len(self)}")
+            position %= len(self)
+            index = slice(position, position + 1)
         return DetResult(self.boxes[index], self.scores[index], self.labels[index],
                          None if self.masks is None else self.masks[index], self.class_names,
                          dict(self.meta), self.image)
@@ -182,7 +198,7 @@ class DetResult:
     def to(self, device: torch.device | str) -> DetResult:
         masks = None if self.masks is None else self.masks.to(device)
         return DetResult(self.boxes.to(device), self.scores.to(device), self.labels.to(device),
-                         masks, self.class_names, self.meta, self.image)
+                         masks, self.class_names, dict(self.meta), self.image)
 
     def cpu(self) -> DetResult:
         return self.to("cpu")
@@ -196,11 +212,16 @@ class DetResult:
     def to_coco(self, image_id: int, cat_ids: Sequence[int]) -> list[dict[str, Any]]:
         """COCO result rows: ``image_id``, ``category_id`` (``cat_ids[label]``), ``bbox``
         ``[x, y, w, h]``, ``score`` (and ``segmentation`` as RLE when there are masks)."""
+        labels = self.labels.tolist()
+        bad = [label for label in labels if not 0 <= label < len(cat_ids)]
+        if bad:
+            raise ValueError(f"labels {sorted(set(bad))} of image {image_id} have no category id "
+                             f"(labels must be 0..{len(cat_ids) - 1} for {len(cat_ids)} "
+                             f"categories)")
         boxes = xyxy_to_xywh(self.boxes.detach().cpu().double()).tolist()
         rows = [dict(image_id=int(image_id), category_id=int(cat_ids[label]),
                      bbox=[round(v, 3) for v in box], score=float(score))
-                for box, score, label in zip(boxes, self.scores.tolist(), self.labels.tolist(),
-                                             strict=True)]
+                for box, score, label in zip(boxes, self.scores.tolist(), labels, strict=True)]
         if self.masks is not None and len(rows):
             from pycocotools import mask as mask_utils
 
@@ -210,13 +231,33 @@ class DetResult:
                 row["segmentation"] = rle
         return rows
 
+    def to_mmdet(self, num_classes: int) -> list[np.ndarray]:
+        """MMDetection 2.x's result format: one ``(n, 5)`` float32 array
+        ``[x1, y1, x2, y2, score]`` per class, in class order."""
+        dets = torch.cat([self.boxes, self.scores[:, None]], dim=1).detach().cpu().numpy()
+        labels = self.labels.cpu().numpy()
+        return [dets[labels == c].astype(np.float32) for c in range(num_classes)]
+
+    @classmethod
+    def from_mmdet(cls, per_class: Sequence[np.ndarray],
+                   class_names: Sequence[str] | None = None, **meta: Any) -> DetResult:
+        """A DetResult from MMDetection 2.x's per-class ``(n, 5)`` arrays, sorted by score."""
+        arrays = [np.asarray(a, dtype=np.float32).reshape(-1, 5) for a in per_class]
+        dets = np.concatenate(arrays) if arrays else np.zeros((0, 5), np.float32)
+        labels = np.concatenate([np.full(len(a), c) for c, a in enumerate(arrays)]) \
+            if arrays else np.zeros(0)
+        order = np.argsort(-dets[:, 4], kind="stable")
+        return cls(dets[order, :4], dets[order, 4], labels[order], class_names=class_names,
+                   meta=dict(meta))
+
     def to_dataframe(self):
         """A pandas DataFrame, one row a detection: ``x1 y1 x2 y2 score label class_name``."""
         import pandas as pd
 
         boxes = self.boxes.detach().cpu().numpy()
         return pd.DataFrame(dict(x1=boxes[:, 0], y1=boxes[:, 1], x2=boxes[:, 2], y2=boxes[:, 3],
-                                 score=self.scores.cpu().numpy(), label=self.labels.cpu().numpy(),
+                                 score=self.scores.detach().cpu().numpy(),
+                                 label=self.labels.detach().cpu().numpy(),
                                  class_name=self.label_names()))
 
     def draw(self, image: np.ndarray | None = None, score_thr: float = 0.3) -> np.ndarray:

@@ -127,6 +127,15 @@ def test_dict_into_a_non_dict_is_an_error_naming_file_and_key(configs):
     assert "runtime.py" in message and "_delete_=True" in message
 
 
+def test_a_dict_replaces_a_base_none(tmp_path, configs):
+    path = tmp_path / "clip.py"
+    path.write_text(f"_base_ = {str(configs / '_base_' / 'schedules' / 'toy_1x.py')!r}\n"
+                    "optimizer_config = dict(grad_clip=dict(max_norm=35, norm_type=2))\n")
+    cfg = Config.fromfile(path)
+    assert cfg.optimizer_config.grad_clip == dict(max_norm=35, norm_type=2)
+    assert cfg.provenance("optimizer_config.grad_clip") == str(path)
+
+
 def test_delete_must_be_a_bool(configs):
     with pytest.raises(ConfigError, match=r"bad_delete_value\.py.*optimizer\._delete_"):
         Config.fromfile(configs / "delete" / "bad_delete_value.py")

@@ -1,8 +1,10 @@
 """Our Config against MMDetection's config engine (mmengine's ``Config``) on the same files.
 
 mmengine is the reference no one here wrote. Where detlab deliberately differs, the test says so:
-``_delete_`` is stripped everywhere (mmengine leaves it in dicts the base does not have), the
-option parser reads ``none`` in any case (mmengine only ``None``), and errors are ConfigErrors
+``_delete_`` is stripped everywhere (mmengine leaves it in dicts the base does not have), a dict
+may replace a base ``None`` without ``_delete_`` (mmengine refuses; the detlab test
+``test_a_dict_replaces_a_base_none`` covers it), the option parser reads ``none`` in any case
+(mmengine only ``None``), and errors are ConfigErrors
 with messages naming the files (mmengine: RecursionError on a cycle, a bare FileNotFoundError...).
 """
 

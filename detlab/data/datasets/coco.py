@@ -1,0 +1,211 @@
+"""CocoDataset: COCO-format detection files through pycocotools, as MMDetection 2.x reads them.
+
+Boxes leave the file as ``xywh`` and enter detlab as ``xyxy`` with ``x2 = x + w`` (MMDetection 2.x,
+no ``- 1``). Labels are ``0..K-1`` in the order of ``CLASSES``; ``cat_ids[label]`` is the file's
+category id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from detlab.data.datasets.custom import CustomDataset
+from detlab.registry import DATASETS
+from detlab.structures import DetResult
+
+METRICS = ("bbox", "segm", "proposal")
+_IMAGE_KEYS = ("id", "file_name", "width", "height")
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"annotation file {path!r} is not valid JSON: {err}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
+            or not isinstance(data.get("categories"), list):
+        raise ValueError(f"annotation file {path!r} is not a COCO detection file: it needs "
+                         "'images' and 'categories' lists (and 'annotations')")
+    return data
+
+
+def _check_coco_dict(data: dict, path: str) -> None:
+    """Errors that name the file and the image or annotation, before pycocotools indexes it."""
+    for i, image in enumerate(data["images"]):
+        missing = [k for k in _IMAGE_KEYS if not isinstance(image, dict) or k not in image]
+        if missing:
+            name = image.get("id", f"#{i}") if isinstance(image, dict) else f"#{i}"
+            raise ValueError(f"{path!r}: image {name} has no {', '.join(missing)} "
+                             f"(every image needs {', '.join(_IMAGE_KEYS)})")
+    image_ids = {image["id"] for image in data["images"]}
+    if len(image_ids) != len(data["images"]):
+        raise ValueError(f"{path!r}: image ids are not unique")
+    anns = data.setdefault("annotations", [])
+    ann_ids = [ann.get("id") for ann in anns]
+    if len(set(ann_ids)) != len(ann_ids):
+        raise ValueError(f"{path!r}: annotation ids are not unique")
+    orphans = [ann.get("id") for ann in anns if ann.get("image_id") not in image_ids]
+    if orphans:
+        raise ValueError(f"{path!r}: annotations {orphans[:5]} refer to image ids that are not "
+                         "in 'images'")
+    names = [cat.get("name") for cat in data["categories"]]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{path!r}: category names are not unique: {names}")
+
+
+def load_coco(path: str) -> Any:
+    """A ``pycocotools.coco.COCO`` of ``path``, checked, without pycocotools' printing."""
+    from pycocotools.coco import COCO
+
+    data = _read_json(path)
+    _check_coco_dict(data, path)
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def _as_boxes(anns: Sequence[dict], where: str) -> np.ndarray:
+    """``(n, 4)`` float32 ``xywh`` of ``anns``; an error naming the image if one is malformed."""
+    try:
+        boxes = np.asarray([ann["bbox"] for ann in anns], dtype=np.float32).reshape(-1, 4)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{where}: an annotation has no valid 'bbox' [x, y, w, h] "
+                         f"({err})") from None
+    if len(boxes) != len(anns):
+        raise ValueError(f"{where}: every 'bbox' must be [x, y, w, h]")
+    return boxes
+
+
+@DATASETS.register_module()
+class CocoDataset(CustomDataset):
+    """A COCO-format detection dataset.
+
+    ``CLASSES`` are the file's category names (in file order), or ``classes`` to use a subset in
+    the given order. Images and annotations are read through pycocotools (``self.coco``).
+    The arguments are :class:`CustomDataset`'s.
+    """
+
+    def load_annotations(self, ann_file: str) -> list[dict]:
+        """Index ``ann_file``; sets ``coco``, ``CLASSES``, ``cat_ids``, ``cat2label``,
+        ``img_ids``; the image dicts with ``filename`` = ``file_name``."""
+        self.coco = load_coco(ann_file)
+        self.cat_ids = self._resolve_cat_ids(ann_file)
+        self.cat2label = {cat_id: label for label, cat_id in enumerate(self.cat_ids)}
+        self.img_ids = list(self.coco.getImgIds())
+        return [dict(self.coco.imgs[i], filename=self.coco.imgs[i]["file_name"])
+                for i in self.img_ids]
+
+    def _resolve_cat_ids(self, ann_file: str) -> list[int]:
+        cats = self.coco.dataset["categories"]
+        by_name = {cat["name"]: cat["id"] for cat in cats}
+        if self.CLASSES is None:
+            self.CLASSES = tuple(cat["name"] for cat in cats)
+        unknown = [name for name in self.CLASSES if name not in by_name]
+        if unknown:
+            raise ValueError(f"classes {unknown} are not categories of {ann_file!r}; "
+                             f"it has {list(by_name)}")
+        return [by_name[name] for name in self.CLASSES]
+
+    def _filter_imgs(self, min_size: int = 32) -> list[int]:
+        """Indices of the images to train on: shorter side at least ``min_size`` and, with
+        ``filter_empty_gt``, at least one annotation of the chosen classes (as MMDetection 2.x
+        counts them: crowd and tiny boxes count too). Updates ``img_ids`` to match."""
+        with_classes = set()
+        for cat_id in self.cat_ids:
+            with_classes.update(self.coco.catToImgs.get(cat_id, ()))
+        keep = [i for i, info in enumerate(self.data_infos)
+                if min(info["width"], info["height"]) >= min_size
+                and (not self.filter_empty_gt or self.img_ids[i] in with_classes)]
+        self.img_ids = [self.img_ids[i] for i in keep]
+        return keep
+
+    def get_ann_info(self, idx: int) -> dict[str, Any]:
+        """Annotations of image ``idx``: ``bboxes`` ``(n, 4)`` float32 xyxy, ``labels`` ``(n,)``
+        int64, ``bboxes_ignore`` ``(k, 4)`` float32 xyxy (crowd boxes), ``masks`` (the
+        ``segmentation`` of each box) and ``seg_map`` (file name of the semantic map)."""
+        info = self.data_infos[idx]
+        anns = self.coco.imgToAnns.get(info["id"], [])
+        return self._parse_ann_info(info, anns)
+
+    def get_cat_ids(self, idx: int) -> list[int]:
+        """The category ids (the file's) of the annotations of image ``idx``."""
+        anns = self.coco.imgToAnns.get(self.data_infos[idx]["id"], [])
+        return [ann["category_id"] for ann in anns]
+
+    def _parse_ann_info(self, info: dict, anns: Sequence[dict]) -> dict[str, Any]:
+        """Keep the boxes MMDetection 2.x keeps: inside the image, ``w, h >= 1``, area > 0,
+        a chosen category, not ``ignore``; crowd ones go to ``bboxes_ignore``."""
+        where = f"{self.ann_file!r}, image id {info['id']}"
+        xywh = _as_boxes(anns, where)
+        # a missing area counts as the box's, rather than failing as MMDetection does
+        area = np.array([ann.get("area", np.nan) for ann in anns], dtype=np.float64)
+        area = np.where(np.isnan(area), xywh[:, 2] * xywh[:, 3], area)
+        cats = np.array([ann.get("category_id", -1) for ann in anns], dtype=np.int64)
+        ignore = np.array([bool(ann.get("ignore", False)) for ann in anns], dtype=bool)
+        crowd = np.array([bool(ann.get("iscrowd", False)) for ann in anns], dtype=bool)
+        xyxy = xywh.copy()
+        xyxy[:, 2:] += xywh[:, :2]
+        inter_w = np.minimum(xyxy[:, 2], info["width"]) - np.maximum(xyxy[:, 0], 0)
+        inter_h = np.minimum(xyxy[:, 3], info["height"]) - np.maximum(xyxy[:, 1], 0)
+        valid = ((inter_w > 0) & (inter_h > 0) & (area > 0) & (xywh[:, 2] >= 1)
+                 & (xywh[:, 3] >= 1) & np.isin(cats, self.cat_ids) & ~ignore)
+        keep, keep_ignore = np.flatnonzero(valid & ~crowd), np.flatnonzero(valid & crowd)
+        return dict(bboxes=xyxy[keep].reshape(-1, 4), labels=self._labels_of(cats[keep]),
+                    bboxes_ignore=xyxy[keep_ignore].reshape(-1, 4),
+                    masks=[anns[i].get("segmentation") for i in keep],
+                    seg_map=os.path.splitext(info["filename"])[0] + ".png")
+
+    def _labels_of(self, cat_ids: np.ndarray) -> np.ndarray:
+        """``(n,)`` int64 labels of ``(n,)`` category ids (all among ``self.cat_ids``)."""
+        known = np.asarray(self.cat_ids, dtype=np.int64)
+        order = np.argsort(known)
+        return order[np.searchsorted(known[order], cat_ids)].astype(np.int64)
+
+    def evaluate(self, results: Sequence[Any], metric: str | Sequence[str] = "bbox",
+                 classwise: bool = False, iou_thrs: Sequence[float] | None = None,
+                 proposal_nums: Sequence[int] = (100, 300, 1000),
+                 metric_items: str | Sequence[str] | None = None,
+                 logger: Any = None) -> dict[str, Any]:
+        """COCO metrics of ``results`` (one ``DetResult`` per image, in dataset order).
+
+        ``metric`` is ``'bbox'``, ``'segm'``, ``'proposal'`` or a list of them; the other
+        arguments are MMDetection 2.x's and go to :func:`detlab.evaluation.coco.coco_evaluate`.
+        """
+        metrics = [metric] if isinstance(metric, str) else list(metric)
+        bad = [m for m in metrics if m not in METRICS]
+        if bad:
+            raise ValueError(f"metric {bad[0]!r} is not supported; choose from {METRICS}")
+        self._check_results(results)
+        from detlab.evaluation.coco import coco_evaluate
+
+        out: dict[str, Any] = {}
+        for name in metrics:
+            metrics_of = coco_evaluate(
+                self.coco, list(results), iou_type=name, classwise=classwise,
+                cat_ids=self.cat_ids, img_ids=self.img_ids, class_names=self.CLASSES,
+                iou_thrs=iou_thrs, proposal_nums=proposal_nums, metric_items=metric_items,
+                logger=logger)
+            # keys every metric has (e.g. a summary) keep the first; later ones get a prefix
+            out.update({(f"{name}_{key}" if key in out else key): value
+                        for key, value in metrics_of.items()})
+        return out
+
+    def _check_results(self, results: Sequence[Any]) -> None:
+        if not isinstance(results, Sequence) or len(results) != len(self):
+            got = len(results) if isinstance(results, Sequence) else type(results).__name__
+            raise ValueError(f"evaluate needs one result per image of the dataset, in its order: "
+                             f"{len(self)} images, got {got} results")
+        wrong = next((i for i, r in enumerate(results) if not isinstance(r, DetResult)), None)
+        if wrong is not None:
+            raise TypeError(f"result {wrong} is a {type(results[wrong]).__name__}, not a "
+                            "DetResult")

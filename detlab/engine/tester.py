@@ -1,0 +1,174 @@
+"""Testing: run a detector over a dataset (``single_gpu_test``), and ``detlab.test(cfg,
+checkpoint)``, which builds the test set and the model from a config, evaluates and saves."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torchvision.ops import batched_nms
+
+from detlab.config import Config, load_config
+from detlab.engine.dist import get_dist_info
+from detlab.structures import Batch, DetResult
+
+
+def merge_aug_results(per_aug: Sequence[DetResult], nms_iou: float = 0.5,
+                      max_per_img: int = 100) -> DetResult:
+    """One image's detections from several test-time augmentations (each already in original
+    image pixels), joined and de-duplicated by class-wise NMS."""
+    first = per_aug[0]
+    boxes = torch.cat([r.boxes for r in per_aug])
+    scores = torch.cat([r.scores for r in per_aug])
+    labels = torch.cat([r.labels for r in per_aug])
+    keep = batched_nms(boxes, scores, labels, nms_iou)[:max_per_img]
+    return DetResult(boxes[keep], scores[keep], labels[keep], class_names=first.class_names,
+                     meta=dict(first.meta), image=first.image)
+
+
+def _predict(model: nn.Module, batch: Batch | list[Batch], device: torch.device) -> list[DetResult]:
+    if isinstance(batch, Batch):
+        return model.predict(batch.to(device))
+    per_aug = [model.predict(b.to(device)) for b in batch]  # list over augs of lists over images
+    test_cfg = getattr(model, "test_cfg", None) or {}
+    nms = (test_cfg.get("nms") or {}).get("iou_threshold", 0.5)
+    max_per_img = test_cfg.get("max_per_img", 100)
+    return [merge_aug_results(list(image_results), nms, max_per_img)
+            for image_results in zip(*per_aug, strict=True)]
+
+
+def _show(results: Sequence[DetResult], out_dir: str, score_thr: float) -> None:
+    from detlab.viz.draw import show_result
+
+    for result in results:
+        filename = result.meta.get("filename")
+        if filename is None:
+            continue
+        name = result.meta.get("ori_filename") or os.path.basename(filename)
+        show_result(filename, result, score_thr=score_thr, out_file=os.path.join(out_dir, name))
+
+
+@torch.no_grad()
+def single_gpu_test(model: nn.Module, data_loader: Iterable, show_dir: str | None = None,
+                    show_score_thr: float = 0.3, progress: bool = True) -> list[DetResult]:
+    """The model's detections for every image of ``data_loader``, in its order (on the CPU).
+
+    Batches of several test-time augmentations are merged per image. In a process group each
+    process runs its share and the results are gathered (every process gets them all).
+    ``show_dir`` receives each image with its detections above ``show_score_thr`` drawn.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    batches = data_loader
+    if progress and get_dist_info()[0] == 0:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(data_loader, desc="test", leave=False, dynamic_ncols=True)
+    results: list[DetResult] = []
+    for batch in batches:
+        predicted = [r.cpu() for r in _predict(model, batch, device)]
+        if show_dir:
+            _show(predicted, show_dir, show_score_thr)
+        results.extend(predicted)
+    model.train(was_training)
+    return _gather(results, len(getattr(data_loader, "dataset", results)))
+
+
+def _gather(results: list[DetResult], size: int) -> list[DetResult]:
+    """Interleave the shares of all processes back into dataset order (DistributedSampler
+    deals indices round-robin and pads the last round)."""
+    rank, world = get_dist_info()
+    if world == 1:
+        return results
+    import torch.distributed as dist
+
+    shares: list[list[DetResult]] = [[] for _ in range(world)]
+    dist.all_gather_object(shares, results)
+    ordered = [r for round_ in zip(*shares, strict=False) for r in round_]
+    return ordered[:size]
+
+
+def save_results(results: Sequence[DetResult], path: str, num_classes: int) -> str:
+    """Write results as MMDetection 2.x's ``results.pkl``: per image, per class ``(n, 5)``."""
+    if not path.endswith((".pkl", ".pickle")):
+        raise ValueError(f"--out must be a .pkl file, got {path}")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        pickle.dump([r.to_mmdet(num_classes) for r in results], f)
+    os.replace(tmp, path)
+    return path
+
+
+def load_results(path: str, class_names: Sequence[str] | None = None) -> list[DetResult]:
+    """Read a ``results.pkl`` (MMDetection 2.x's per-class arrays) back into DetResults."""
+    with open(path, "rb") as f:
+        raw = pickle.load(f)  # noqa: S301 -- a results file the user wrote
+    if not isinstance(raw, list) or (raw and not isinstance(raw[0], (list, tuple))):
+        raise ValueError(f"{path} does not hold MMDetection-style results (a list, per image, of "
+                         f"per-class (n, 5) arrays)")
+    return [DetResult.from_mmdet([np.asarray(a) for a in per_class], class_names)
+            for per_class in raw]
+
+
+def build_test_objects(cfg: Config, checkpoint: str | None, device: torch.device,
+                       split: str = "test") -> tuple[nn.Module, Any, Any]:
+    """The model (with the checkpoint's weights and classes), dataset and loader of
+    ``data.<split>`` in test mode."""
+    from detlab.data import build_dataloader, build_dataset
+    from detlab.engine.checkpoint import load_checkpoint
+    from detlab.engine.setup import _loader_args
+    from detlab.models import build_model
+
+    split_cfg = dict(cfg.data[split])
+    samples = split_cfg.pop("samples_per_gpu", 1)
+    dataset = build_dataset(split_cfg, dict(test_mode=True), _path=f"data.{split}")
+    loader = build_dataloader(dataset, shuffle=False, dist=get_dist_info()[1] > 1,
+                              **_loader_args(cfg.data, f"{split}_dataloader", samples))
+    model = build_model(cfg.model)
+    classes = None
+    if checkpoint:
+        meta = load_checkpoint(model, checkpoint, map_location="cpu")["meta"]
+        classes = meta.get("CLASSES")
+    model.CLASSES = tuple(classes or dataset.CLASSES)
+    return model.to(device).eval(), dataset, loader
+
+
+def test(cfg: str | Config | Mapping, checkpoint: str | None, eval: Sequence[str] | str | None = (
+        "bbox",), out: str | None = None, classwise: bool = False, show_dir: str | None = None,
+         show_score_thr: float = 0.3, device: str | None = None,
+         cfg_options: Mapping[str, Any] | Iterable[str] | None = None,
+         eval_options: Mapping[str, Any] | None = None, split: str = "test",
+         progress: bool = True) -> dict[str, Any]:
+    """Detect on ``data.<split>`` with the weights of ``checkpoint`` and evaluate.
+
+    Returns the metrics (MMDetection's names, e.g. ``bbox_mAP``) plus ``results`` (the list of
+    DetResult). ``out`` saves the results as a ``.pkl``; ``show_dir`` saves pictures.
+    """
+    from detlab.engine.dist import init_dist_from_env, select_device
+
+    cfg = load_config(cfg, cfg_options)
+    init_dist_from_env()
+    device = select_device(device or cfg.get("device"))
+    model, dataset, loader = build_test_objects(cfg, checkpoint, device, split)
+    results = single_gpu_test(model, loader, show_dir, show_score_thr, progress)
+    output: dict[str, Any] = {}
+    if get_dist_info()[0] == 0:
+        if out:
+            save_results(results, out, len(model.CLASSES))
+        metrics = [eval] if isinstance(eval, str) else list(eval or [])
+        if metrics:
+            options = dict(eval_options or {})
+            options.setdefault("classwise", classwise)
+            output.update(dataset.evaluate(results, metric=metrics, **options))
+    output["results"] = results
+    return output
+
+
+test.__test__ = False  # a library function, not a test for pytest to collect

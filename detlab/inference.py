@@ -1,0 +1,139 @@
+"""Inference on images: ``init_detector`` and ``inference_detector``, as in MMDetection.
+
+>>> model = init_detector('configs/quickstart/retinanet_r18_fpn_shapes.py', 'latest.pth')
+>>> result = inference_detector(model, 'image.png')     # a DetResult; shows itself in Jupyter
+>>> show_result('image.png', result, score_thr=0.3, out_file='out.png')
+
+Arrays are taken as RGB (what PIL, matplotlib and imageio give); the test pipeline's channel
+order (BGR for MMDetection configs) is applied inside.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from detlab.config import Config, ConfigError, load_config
+from detlab.structures import DetResult
+
+ImageInput = Any  # str | os.PathLike | np.ndarray (H x W x 3 RGB) | PIL.Image.Image
+
+
+def init_detector(config: str | Config | Mapping, checkpoint: str | None = None,
+                  device: str | torch.device = "cpu",
+                  cfg_options: Mapping[str, Any] | None = None) -> nn.Module:
+    """The detector a config describes, with ``checkpoint``'s weights and class names, in eval
+    mode on ``device``; ``model.cfg`` keeps the config (its test pipeline is used)."""
+    from detlab.engine.checkpoint import load_checkpoint
+    from detlab.models import build_model
+
+    cfg = load_config(config, cfg_options)
+    model = build_model(cfg.model)
+    classes = None
+    if checkpoint is not None:
+        classes = load_checkpoint(model, checkpoint, map_location="cpu")["meta"].get("CLASSES")
+    if classes is None:
+        classes = _classes_from_config(cfg)
+    model.CLASSES = tuple(classes) if classes is not None else None
+    model.cfg = cfg
+    return model.to(device).eval()
+
+
+def _classes_from_config(cfg: Config) -> Sequence[str] | None:
+    test_cfg = cfg.get("data", {}).get("test", {})
+    classes = test_cfg.get("classes")
+    return list(classes) if isinstance(classes, (list, tuple)) else None
+
+
+class LoadImageFromArray:
+    """The first step of a test pipeline for images given in memory: like LoadImageFromFile
+    (same keys: img, img_shape, ori_shape, filename, ori_filename, img_fields), from
+    ``results['img']`` (RGB) converted to ``channel_order``."""
+
+    def __init__(self, to_float32: bool = False, channel_order: str = "bgr") -> None:
+        self.to_float32, self.channel_order = to_float32, channel_order
+
+    def __call__(self, results: dict[str, Any]) -> dict[str, Any]:
+        img = results["img"]
+        if self.channel_order == "bgr":
+            img = img[..., ::-1]
+        img = np.ascontiguousarray(img, dtype=np.float32 if self.to_float32 else img.dtype)
+        results.update(img=img, img_shape=img.shape, ori_shape=img.shape, img_fields=["img"])
+        results.setdefault("filename", None)
+        results.setdefault("ori_filename", None)
+        return results
+
+
+def _as_rgb(image: ImageInput) -> tuple[np.ndarray, str | None]:
+    from PIL import Image, ImageOps
+
+    if isinstance(image, (str, os.PathLike)):
+        path = os.fspath(image)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"image not found: {path}")
+        with Image.open(path) as pil:
+            return np.asarray(ImageOps.exif_transpose(pil).convert("RGB")), path
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB")), None
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=2)
+    if array.ndim != 3 or array.shape[2] not in (3, 4):
+        raise ValueError(f"an image array must be H x W x 3 (RGB), got shape {array.shape}")
+    return array[..., :3], None
+
+
+def _test_pipeline(cfg: Config) -> Any:
+    """The config's test pipeline, its loading step replaced by one that takes arrays."""
+    from detlab.data import Compose
+
+    steps = copy.deepcopy(list(cfg.data.test.pipeline))
+    if not steps or steps[0].get("type") not in ("LoadImageFromFile", "LoadImageFromWebcam"):
+        raise ConfigError("data.test.pipeline must start with LoadImageFromFile for inference")
+    first = steps[0]
+    loader = LoadImageFromArray(first.get("to_float32", False),
+                                first.get("channel_order", "bgr"))
+    return Compose([loader] + steps[1:])
+
+
+@torch.no_grad()
+def inference_detector(model: nn.Module, imgs: ImageInput | Sequence[ImageInput],
+                       ) -> DetResult | list[DetResult]:
+    """Detect objects in an image (path, RGB array or PIL image) or a list of them.
+
+    A list gives a list of DetResult; each keeps its original RGB image for display.
+    """
+    from detlab.data import collate
+    from detlab.engine.tester import _predict
+
+    single = not isinstance(imgs, (list, tuple))
+    images = [imgs] if single else list(imgs)
+    if not hasattr(model, "cfg"):
+        raise ValueError("the model has no .cfg: build it with init_detector(config, checkpoint)")
+    pipeline = _test_pipeline(model.cfg)
+    device = next(model.parameters()).device
+    results = []
+    for image in images:
+        rgb, path = _as_rgb(image)
+        sample = pipeline({"img": rgb, "filename": path,
+                           "ori_filename": os.path.basename(path) if path else None})
+        result = _predict(model, collate([sample]), device)[0].cpu()
+        result.image = rgb
+        results.append(result)
+    return results[0] if single else results
+
+
+def show_result(img: ImageInput, result: DetResult, score_thr: float = 0.3,
+                out_file: str | None = None, class_names: Sequence[str] | None = None
+                ) -> np.ndarray:
+    """The image with the detections above ``score_thr`` drawn (also written to ``out_file``)."""
+    from detlab.viz.draw import show_result as draw_and_save
+
+    return draw_and_save(img, result, score_thr=score_thr, out_file=out_file,
+                         class_names=class_names)

@@ -1,0 +1,212 @@
+"""ResNet backbone with MMDetection 2.x's arguments, built from torchvision's residual blocks.
+
+Parameter names are torchvision's (``conv1``, ``bn1``, ``layer1.0.conv1`` ...; no ``fc``), so
+``torchvision://resnet50`` weights and MMDetection checkpoints (``backbone.*``) load by name.
+Norm layers follow ``norm_cfg`` but keep torchvision's attribute names (``bn1`` even for GN).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from functools import partial
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+from torchvision.models.resnet import BasicBlock, Bottleneck
+
+from detlab.config import ConfigError
+from detlab.models.init import default_resnet_init, initialize, is_pretrained
+from detlab.models.utils import build_norm_layer, frozen, thaw
+from detlab.registry import MODELS
+
+ARCH_SETTINGS: dict[int, tuple[type[nn.Module], tuple[int, ...]]] = {
+    18: (BasicBlock, (2, 2, 2, 2)),
+    34: (BasicBlock, (3, 4, 6, 3)),
+    50: (Bottleneck, (3, 4, 6, 3)),
+    101: (Bottleneck, (3, 4, 23, 3)),
+    152: (Bottleneck, (3, 8, 36, 3)),
+}
+BN = frozen(type="BN", requires_grad=True)
+
+
+def _norm(norm_cfg: Mapping, num_features: int) -> nn.Module:
+    return build_norm_layer(norm_cfg, num_features)[1]
+
+
+def make_block(block: type[nn.Module], inplanes: int, planes: int, stride: int, dilation: int,
+               style: str, norm_cfg: Mapping, downsample: nn.Module | None) -> nn.Module:
+    """One torchvision residual block with MMDetection's stride/dilation placement.
+
+    Bottleneck, ``'pytorch'`` style: stride on the 3x3 conv (torchvision's own layout);
+    ``'caffe'`` style: stride on the first 1x1 conv. BasicBlock: stride and dilation on conv1.
+    """
+    norm_layer = partial(_norm, norm_cfg)
+    if block is Bottleneck:
+        layer = Bottleneck(inplanes, planes, stride, downsample, dilation=dilation,
+                           norm_layer=norm_layer)
+        if style == "caffe" and stride != 1:
+            layer.conv1.stride, layer.conv2.stride = (stride, stride), (1, 1)
+        return layer
+    layer = BasicBlock(inplanes, planes, stride, downsample, norm_layer=norm_layer)
+    # torchvision's BasicBlock refuses dilation; MMDetection dilates its first conv only
+    layer.conv1.dilation = layer.conv1.padding = (dilation, dilation)
+    return layer
+
+
+def make_res_layer(block: type[nn.Module], inplanes: int, planes: int, num_blocks: int,
+                   stride: int, dilation: int, style: str, norm_cfg: Mapping) -> nn.Sequential:
+    """A stage of ``num_blocks`` blocks; the first one downsamples (1x1 conv + norm, torchvision's
+    ``downsample.0`` / ``downsample.1``) when the stride or the channel count changes."""
+    out_channels = planes * block.expansion
+    downsample = None
+    if stride != 1 or inplanes != out_channels:
+        downsample = nn.Sequential(
+            nn.Conv2d(inplanes, out_channels, kernel_size=1, stride=stride, bias=False),
+            _norm(norm_cfg, out_channels))
+    blocks = [make_block(block, inplanes, planes, stride, dilation, style, norm_cfg, downsample)]
+    blocks += [make_block(block, out_channels, planes, 1, dilation, style, norm_cfg, None)
+               for _ in range(1, num_blocks)]
+    return nn.Sequential(*blocks)
+
+
+@MODELS.register_module()
+class ResNet(nn.Module):
+    """ResNet-18/34/50/101/152 returning the outputs of the stages in ``out_indices``.
+
+    Args:
+        depth: 18, 34, 50, 101 or 152.
+        in_channels: channels of the input image.
+        num_stages: residual stages to build (1-4).
+        strides, dilations: per stage.
+        out_indices: stages whose outputs are returned (0-based).
+        style: ``'pytorch'`` (stride on the 3x3 conv) or ``'caffe'`` (on the first 1x1 conv).
+        frozen_stages: stages to freeze (no gradient, eval mode); 0 freezes the stem only,
+            -1 nothing.
+        norm_cfg: norm layers, e.g. ``dict(type='BN', requires_grad=True)`` or
+            ``dict(type='GN', num_groups=32)``.
+        norm_eval: keep BatchNorm layers in eval mode (frozen statistics) while training.
+        with_cp: gradient checkpointing of the blocks (less memory, more compute).
+        zero_init_residual: zero the last norm of every block in the default init.
+        init_cfg: ``dict(type='Pretrained', checkpoint='torchvision://resnet50')`` loads weights
+            in :meth:`init_weights`; None is He init.
+        pretrained: deprecated spelling of ``init_cfg=dict(type='Pretrained', checkpoint=...)``.
+    """
+
+    def __init__(self, depth: int, in_channels: int = 3, num_stages: int = 4,
+                 strides: Sequence[int] = (1, 2, 2, 2), dilations: Sequence[int] = (1, 1, 1, 1),
+                 out_indices: Sequence[int] = (0, 1, 2, 3), style: str = "pytorch",
+                 frozen_stages: int = -1,
+                 norm_cfg: Mapping = BN,
+                 norm_eval: bool = True, with_cp: bool = False, zero_init_residual: bool = True,
+                 init_cfg: Mapping | Sequence[Mapping] | None = None,
+                 pretrained: str | None = None) -> None:
+        super().__init__()
+        self._check_args(depth, num_stages, strides, dilations, out_indices, style,
+                         frozen_stages)
+        if pretrained is not None:
+            if init_cfg is not None:
+                raise ConfigError("ResNet: set init_cfg or pretrained, not both (pretrained is "
+                                  "deprecated: use init_cfg=dict(type='Pretrained', "
+                                  "checkpoint=...))")
+            warnings.warn("ResNet(pretrained=...) is deprecated, use init_cfg=dict("
+                          "type='Pretrained', checkpoint=...)", DeprecationWarning, stacklevel=2)
+            init_cfg = dict(type="Pretrained", checkpoint=pretrained)
+        self.depth, self.num_stages, self.style = depth, num_stages, style
+        self.out_indices = tuple(out_indices)
+        self.frozen_stages, self.norm_eval, self.with_cp = frozen_stages, norm_eval, with_cp
+        self.zero_init_residual, self.init_cfg = zero_init_residual, thaw(init_cfg)
+        block, stage_blocks = ARCH_SETTINGS[depth]
+        self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = _norm(norm_cfg, 64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        inplanes, self.stage_channels = 64, []
+        for i in range(num_stages):
+            planes = 64 * 2**i
+            layer = make_res_layer(block, inplanes, planes, stage_blocks[i], strides[i],
+                                   dilations[i], style, norm_cfg)
+            self.add_module(f"layer{i + 1}", layer)
+            inplanes = planes * block.expansion
+            self.stage_channels.append(inplanes)
+        self.out_channels = [self.stage_channels[i] for i in self.out_indices]
+        self._default_init()
+        self._freeze_stages()
+
+    @staticmethod
+    def _check_args(depth: int, num_stages: int, strides: Sequence[int],
+                    dilations: Sequence[int], out_indices: Sequence[int], style: str,
+                    frozen_stages: int) -> None:
+        if depth not in ARCH_SETTINGS:
+            raise ConfigError(f"ResNet depth must be one of {sorted(ARCH_SETTINGS)}, got {depth!r}")
+        if not 1 <= num_stages <= 4:
+            raise ConfigError(f"ResNet num_stages must be 1-4, got {num_stages}")
+        if len(strides) != num_stages or len(dilations) != num_stages:
+            raise ConfigError(f"ResNet strides {tuple(strides)} and dilations "
+                              f"{tuple(dilations)} need one entry per stage ({num_stages})")
+        if not out_indices or any(not 0 <= i < num_stages for i in out_indices):
+            raise ConfigError(f"ResNet out_indices {tuple(out_indices)} must be stage indices "
+                              f"0..{num_stages - 1}")
+        if style not in ("pytorch", "caffe"):
+            raise ConfigError(f"ResNet style must be 'pytorch' or 'caffe', got {style!r}")
+        if not -1 <= frozen_stages <= num_stages:
+            raise ConfigError(f"ResNet frozen_stages must be -1..{num_stages}, got "
+                              f"{frozen_stages}")
+
+    def stages(self) -> list[nn.Sequential]:
+        """The residual stages, ``layer1`` first."""
+        return [getattr(self, f"layer{i + 1}") for i in range(self.num_stages)]
+
+    def _default_init(self) -> None:
+        """He init, norm weight 1; with ``zero_init_residual`` each block's last norm is 0, so
+        every residual branch starts as the identity."""
+        default_resnet_init(self)
+        if self.zero_init_residual:
+            for stage in self.stages():
+                for block in stage:
+                    last = block.bn3 if isinstance(block, Bottleneck) else block.bn2
+                    nn.init.constant_(last.weight, 0.0)
+                    nn.init.constant_(last.bias, 0.0)
+
+    def init_weights(self) -> None:
+        """Apply ``init_cfg``: load pretrained weights, or the default He init when None."""
+        if self.init_cfg is None:
+            self._default_init()
+        else:
+            if is_pretrained(self.init_cfg):
+                self._default_init()  # keys missing from the checkpoint keep a sane init
+            initialize(self, self.init_cfg)
+
+    def _freeze_stages(self) -> None:
+        frozen_modules = [self.conv1, self.bn1] if self.frozen_stages >= 0 else []
+        frozen_modules += self.stages()[:max(self.frozen_stages, 0)]
+        for module in frozen_modules:
+            module.eval()
+            for param in module.parameters():
+                param.requires_grad = False
+
+    def train(self, mode: bool = True) -> ResNet:
+        """Switch mode, keeping frozen stages (and, with ``norm_eval``, BatchNorm) in eval."""
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``(B, in_channels, H, W)`` -> the ``out_indices`` stage outputs, stage ``i`` of shape
+        ``(B, stage_channels[i], H / 2**(i+2), W / 2**(i+2))`` (with the default strides)."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        outs = []
+        for i, stage in enumerate(self.stages()):
+            for block in stage:
+                if self.with_cp and self.training:
+                    x = checkpoint(block, x, use_reentrant=False)
+                else:
+                    x = block(x)
+            if i in self.out_indices:
+                outs.append(x)
+        return tuple(outs)

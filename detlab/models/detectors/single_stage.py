@@ -1,0 +1,143 @@
+"""Single-stage detectors: backbone -> neck -> dense head, with detlab's detector contract.
+
+``loss(batch) -> dict`` of losses, ``predict(batch) -> list[DetResult]`` (original-image pixels),
+``forward(images) -> raw head outputs``; no mode strings.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from detlab.config import ConfigError
+from detlab.models.init import initialize, is_pretrained
+from detlab.models.utils import thaw
+from detlab.registry import MODELS
+from detlab.structures import Batch, DetResult
+
+
+def _check_images(images: torch.Tensor) -> None:
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images)
+        raise ValueError(f"a detector takes images as a (B, C, H, W) tensor, got {shape}")
+
+
+@MODELS.register_module()
+class SingleStageDetector(nn.Module):
+    """A backbone, an optional neck and a dense head.
+
+    Args:
+        backbone: config or module; returns a tuple of feature maps.
+        neck: config or module (or None); maps the backbone's features to the head's levels.
+        bbox_head: config or module; ``train_cfg`` and ``test_cfg`` are passed to it.
+        train_cfg: assignment settings (``assigner``, ``allowed_border``, ``pos_weight`` ...).
+        test_cfg: post-processing settings (``nms_pre``, ``score_thr``, ``nms``,
+            ``max_per_img`` ...).
+        pretrained: deprecated: a checkpoint for the backbone (use the backbone's init_cfg).
+        init_cfg: initialization of the whole detector, e.g. ``dict(type='Pretrained',
+            checkpoint=...)`` for a detector checkpoint.
+
+    Attributes:
+        CLASSES: names of the classes (set by the trainer or by the user), copied into every
+            DetResult.
+    """
+
+    CLASSES: tuple[str, ...] | None = None
+
+    def __init__(self, backbone: Mapping | nn.Module, neck: Mapping | nn.Module | None = None,
+                 bbox_head: Mapping | nn.Module | None = None,
+                 train_cfg: Mapping | None = None, test_cfg: Mapping | None = None,
+                 pretrained: str | None = None,
+                 init_cfg: Mapping | Sequence[Mapping] | None = None) -> None:
+        super().__init__()
+        self.backbone = MODELS.build(backbone, **_pretrained_arg(backbone, pretrained))
+        self.neck = MODELS.build(neck) if neck is not None else None
+        if bbox_head is None:
+            raise ConfigError(f"{type(self).__name__} needs a bbox_head (model.bbox_head)")
+        self.bbox_head = MODELS.build(bbox_head, train_cfg=train_cfg, test_cfg=test_cfg)
+        self.train_cfg, self.test_cfg, self.init_cfg = thaw(train_cfg), thaw(test_cfg), \
+            thaw(init_cfg)
+        self._check_channels()
+
+    def _check_channels(self) -> None:
+        """Fail early, naming the config keys, when the parts do not fit together."""
+        out = getattr(self.backbone, "out_channels", None)
+        if self.neck is not None:
+            want = getattr(self.neck, "in_channels", None)
+            if out is not None and want is not None and list(want) != list(out):
+                raise ConfigError(f"model.neck.in_channels={list(want)} does not match the "
+                                  f"backbone's outputs {list(out)} (model.backbone.out_indices="
+                                  f"{getattr(self.backbone, 'out_indices', '?')}); set "
+                                  f"model.neck.in_channels={list(out)}")
+            out = getattr(self.neck, "out_channels", None)
+            out = [out] * getattr(self.neck, "num_outs", 1) if isinstance(out, int) else out
+        head_in = getattr(self.bbox_head, "in_channels", None)
+        if out is not None and head_in is not None and set(out) != {head_in}:
+            raise ConfigError(f"model.bbox_head.in_channels={head_in} does not match the "
+                              f"{'neck' if self.neck is not None else 'backbone'}'s output "
+                              f"channels {sorted(set(out))}")
+        levels = getattr(getattr(self.bbox_head, "prior_generator", None), "num_levels", None)
+        if out is not None and levels is not None and levels != len(out):
+            raise ConfigError(f"model.bbox_head.anchor_generator has {levels} levels (strides) "
+                              f"but the {'neck' if self.neck is not None else 'backbone'} gives "
+                              f"{len(out)} feature maps (model.neck.num_outs)")
+
+    @property
+    def with_neck(self) -> bool:
+        """Whether the detector has a neck."""
+        return self.neck is not None
+
+    def init_weights(self) -> None:
+        """Initialize every part (loading pretrained weights where a part's init_cfg says so);
+        a ``Pretrained`` init_cfg of the detector itself loads the whole detector instead."""
+        if is_pretrained(self.init_cfg):
+            initialize(self, self.init_cfg)
+            return
+        initialize(self, self.init_cfg)
+        for part in (self.backbone, self.neck, self.bbox_head):
+            if part is not None and callable(getattr(part, "init_weights", None)):
+                part.init_weights()
+
+    def extract_feat(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``(B, 3, H, W)`` images -> the feature maps the head reads."""
+        _check_images(images)
+        feats = self.backbone(images)
+        return tuple(self.neck(feats) if self.neck is not None else feats)
+
+    def forward(self, images: torch.Tensor) -> Any:
+        """Raw head outputs of ``(B, 3, H, W)`` images: for an anchor head, (per-level
+        classification maps, per-level regression maps)."""
+        return self.bbox_head(self.extract_feat(images))
+
+    def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Losses of a training batch (every key starts with ``loss``; the trainer sums them)."""
+        raw = self.forward(batch.images)
+        return self.bbox_head.loss(raw, batch.targets, batch.metas)
+
+    @torch.no_grad()
+    def predict(self, batch: Batch, rescale: bool = True) -> list[DetResult]:
+        """Detections of each image of ``batch``: boxes in original-image pixels with
+        ``rescale`` (else in the network input's pixels), the detector's ``CLASSES`` as class
+        names. Runs without gradients; call ``model.eval()`` first, as for any inference."""
+        raw = self.forward(batch.images)
+        results = self.bbox_head.predict(raw, batch.metas, rescale=rescale)
+        classes = tuple(self.CLASSES) if self.CLASSES is not None else None
+        for result in results:
+            result.class_names = classes
+        return results
+
+
+def _pretrained_arg(backbone: Mapping | nn.Module, pretrained: str | None) -> dict[str, Any]:
+    """MMDetection's deprecated ``pretrained=`` of a detector goes to its backbone."""
+    if not pretrained:
+        return {}
+    warnings.warn("the pretrained argument of a detector is deprecated; use "
+                  "model.backbone.init_cfg=dict(type='Pretrained', checkpoint=...)",
+                  DeprecationWarning, stacklevel=3)
+    if not isinstance(backbone, Mapping):
+        raise ConfigError("pretrained= needs the backbone as a config dict, not a built module")
+    return {"pretrained": pretrained}

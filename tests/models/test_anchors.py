@@ -1,0 +1,97 @@
+"""AnchorGenerator: base anchors, grid order and positions, counts, valid flags, errors."""
+
+import math
+
+import pytest
+import torch
+
+from detlab.config import ConfigError
+from detlab.models import AnchorGenerator
+from detlab.models.anchors import anchor_inside_flags
+
+RETINA = dict(octave_base_scale=4, scales_per_octave=3, ratios=[0.5, 1.0, 2.0],
+              strides=[8, 16, 32, 64, 128])
+
+
+def test_retinanet_base_anchors():
+    gen = AnchorGenerator(**RETINA)
+    assert gen.num_levels == 5 and gen.num_base_priors == [9] * 5
+    base = gen.base_anchors[0]
+    scales = [4 * 2 ** (i / 3) for i in range(3)]
+    expected = []
+    for ratio in (0.5, 1.0, 2.0):  # ratios outside, scales inside (scale_major)
+        for scale in scales:
+            w = 8 * scale / math.sqrt(ratio)
+            h = 8 * scale * math.sqrt(ratio)
+            expected.append([-w / 2, -h / 2, w / 2, h / 2])
+    torch.testing.assert_close(base, torch.tensor(expected))
+    torch.testing.assert_close(gen.base_anchors[1], base * 2)
+    assert torch.allclose(base[3], torch.tensor([-16.0, -16.0, 16.0, 16.0]))  # ratio 1, 32 px
+
+
+def test_grid_is_row_major_then_anchor():
+    gen = AnchorGenerator(**RETINA)
+    sizes = [(4, 6), (2, 3), (1, 2), (1, 1), (1, 1)]
+    anchors = gen.grid_priors(sizes)
+    assert [len(a) for a in anchors] == [h * w * 9 for h, w in sizes]
+    level = anchors[0].reshape(4, 6, 9, 4)  # (row, column, anchor, xyxy)
+    base = gen.base_anchors[0]
+    for row, col in [(0, 0), (0, 5), (3, 1)]:
+        shift = torch.tensor([col * 8.0, row * 8.0, col * 8.0, row * 8.0])
+        torch.testing.assert_close(level[row, col], base + shift)
+    assert gen.grid_priors(sizes, dtype=torch.float64)[0].dtype == torch.float64
+
+
+def test_scales_order_offset_and_rectangular_strides():
+    gen = AnchorGenerator(strides=[(16, 8)], ratios=[1.0, 4.0], scales=[1.0, 2.0],
+                          base_sizes=[10], scale_major=False, center_offset=0.5)
+    base = gen.base_anchors[0]
+    # scales outside, ratios inside; centre at half the base size
+    ws = torch.tensor([10.0, 5.0, 20.0, 10.0])
+    hs = torch.tensor([10.0, 20.0, 20.0, 40.0])
+    torch.testing.assert_close(base, torch.stack([5 - ws / 2, 5 - hs / 2, 5 + ws / 2,
+                                                  5 + hs / 2], dim=1))
+    grid = gen.grid_priors([(2, 3)])[0].reshape(2, 3, 4, 4)
+    torch.testing.assert_close(grid[1, 2] - grid[0, 0],
+                               torch.tensor([32.0, 8.0, 32.0, 8.0]).expand(4, 4))
+    centered = AnchorGenerator(strides=[8], ratios=[1.0], scales=[1.0], centers=[(3.0, 5.0)])
+    torch.testing.assert_close(centered.base_anchors[0], torch.tensor([[-1.0, 1.0, 7.0, 9.0]]))
+
+
+def test_valid_flags_follow_the_padded_image():
+    gen = AnchorGenerator(strides=[8, 16], ratios=[1.0], scales=[2.0])
+    flags = gen.valid_flags([(4, 6), (2, 3)], pad_shape=(24, 33, 3))
+    first = flags[0].reshape(4, 6)
+    assert first[:3, :5].all() and not first[3].any() and not first[:, 5].any()
+    second = flags[1].reshape(2, 3)
+    assert second[:2, :3].all()  # ceil(24 / 16) = 2 rows, ceil(33 / 16) = 3 columns
+    many = AnchorGenerator(**RETINA).valid_flags([(2, 2)] * 5, pad_shape=(8, 16))
+    assert many[0].reshape(2, 2, 9)[0].all() and not many[0].reshape(2, 2, 9)[1].any()
+
+
+def test_inside_flags_with_allowed_border():
+    anchors = torch.tensor([[0.0, 0, 10, 10], [-5, -5, 5, 5], [90, 90, 110, 110]])
+    valid = torch.tensor([True, True, True])
+    assert anchor_inside_flags(anchors, valid, (100, 100), -1).tolist() == [True] * 3
+    assert anchor_inside_flags(anchors, valid, (100, 100), 0).tolist() == [True, False, False]
+    assert anchor_inside_flags(anchors, valid, (100, 100), 20).tolist() == [True] * 3
+    assert anchor_inside_flags(anchors, ~valid, (100, 100), -1).tolist() == [False] * 3
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(strides=[8], ratios=[1.0], scales=[1.0], octave_base_scale=4, scales_per_octave=3),
+     "either scales"),
+    (dict(strides=[8], ratios=[1.0]), "either scales"),
+    (dict(strides=[8], ratios=[1.0], octave_base_scale=4), "either scales"),
+    (dict(strides=[8, 16], ratios=[1.0], scales=[1.0], base_sizes=[8]), "base_sizes"),
+    (dict(strides=[8], ratios=[1.0], scales=[1.0], centers=[(0, 0)], center_offset=0.5),
+     "not both"),
+])
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        AnchorGenerator(**kwargs)
+
+
+def test_level_count_mismatch_is_explained():
+    with pytest.raises(ValueError, match="strides"):
+        AnchorGenerator(**RETINA).grid_priors([(2, 2)] * 4)
