@@ -113,6 +113,12 @@ class Batch:
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    def pin_memory(self) -> Batch:
+        """A copy in pinned memory (the DataLoader calls this with ``pin_memory=True``)."""
+        targets = [{k: (v.pin_memory() if isinstance(v, torch.Tensor) else v)
+                    for k, v in t.items()} for t in self.targets]
+        return Batch(self.images.pin_memory(), targets, self.metas)
+
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         """A copy with images and targets on ``device`` (metas stay as they are)."""
         targets = [{k: (v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor)

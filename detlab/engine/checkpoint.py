@@ -1,8 +1,9 @@
 """Checkpoints: written atomically, loaded with ``weights_only=True``, mismatches reported.
 
-A checkpoint is a dict in MMDetection's layout: ``meta`` (epoch, iter, config text, class names,
-detlab version, time), ``state_dict`` (the model's) and ``optimizer`` (its state), so that files
-move between detlab and MMDetection-style tools.
+Sources are files, http(s) URLs and ``torchvision://NAME`` (torchvision's ImageNet weights),
+downloaded through torch.hub's cache. A checkpoint is a dict in MMDetection's layout: ``meta``
+(epoch, iter, config text, class names, detlab version, time), ``state_dict`` (the model's) and
+``optimizer`` (its state), so that files move between detlab and MMDetection-style tools.
 """
 
 from __future__ import annotations
@@ -10,15 +11,21 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
+from detlab.config import ConfigError, closest
+
 logger = logging.getLogger("detlab")
+# keys of a torchvision classifier checkpoint that a detection backbone does not use
+EXPECTED_UNUSED_PREFIXES = ("fc.",)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -47,43 +54,122 @@ def save_checkpoint(path: str, model: nn.Module, optimizer: torch.optim.Optimize
     return path
 
 
-def read_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """The checkpoint dict at ``path`` (``weights_only=True``: tensors and plain data only).
+class CheckpointLoadError(ConfigError, OSError):
+    """Weights that could not be downloaded or read."""
 
-    A file that is only a state dict is returned as ``{'state_dict': ..., 'meta': {}}``.
+
+class CheckpointNotFoundError(CheckpointLoadError, FileNotFoundError):
+    """A checkpoint file that does not exist."""
+
+
+def torchvision_weights_url(name: str) -> str:
+    """The download URL of torchvision's weights for ``name``.
+
+    ``name`` is an architecture (``'resnet50'``: its ``IMAGENET1K_V1`` weights, the ones
+    MMDetection's models were trained from), ``'resnet50.imagenet1k_v2'`` for another entry of
+    its weight enum, or the enum spelled out (``'ResNet50_Weights.IMAGENET1K_V2'``).
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+    import torchvision.models as tvm
+
+    arch, _, tag = name.partition(".")
+    if arch.endswith("_Weights") and isinstance(getattr(tvm, arch, None), type):
+        enum = getattr(tvm, arch)
+    else:
+        known = tvm.list_models()
+        if arch not in known:
+            hits = closest(arch, known)
+            hint = f" Did you mean {' or '.join(map(repr, hits))}?" if hits else ""
+            raise ConfigError(f"torchvision://{name}: torchvision has no model {arch!r}.{hint}")
+        enum = tvm.get_model_weights(arch)
+    members = {m.name: m for m in enum}
+    if not tag:
+        tag = "IMAGENET1K_V1" if "IMAGENET1K_V1" in members else "DEFAULT"
+    member = enum.DEFAULT if tag.upper() == "DEFAULT" else members.get(tag.upper())
+    if member is None:
+        raise ConfigError(f"torchvision://{name}: {enum.__name__} has no {tag!r}; it has "
+                          f"{', '.join(members)}")
+    return member.url
+
+
+def _download_hint(url: str) -> str:
+    filename = os.path.basename(urlparse(url).path)
+    cached = os.path.join(torch.hub.get_dir(), "checkpoints", filename)
+    return (f"Without internet access, download {url} elsewhere and pass the local file instead: "
+            f"init_cfg.checkpoint=/path/to/{filename} (e.g. --cfg-options "
+            f"model.backbone.init_cfg.checkpoint=/path/to/{filename}), or copy it to {cached} "
+            f"where torch.hub looks first.")
+
+
+def _load_url(source: str, url: str, map_location: Any) -> Any:
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.hub.load_state_dict_from_url(url, map_location=map_location, progress=False,
+                                                  weights_only=True)
     except Exception as err:
-        raise RuntimeError(f"cannot read checkpoint {path}: {err}. It may be truncated, not a "
-                           f"torch checkpoint, or hold objects other than tensors and plain "
-                           f"data.") from err
-    if not isinstance(checkpoint, Mapping):
-        raise RuntimeError(f"checkpoint {path} holds a {type(checkpoint).__name__}, not a dict")
-    if "state_dict" not in checkpoint:
-        return {"state_dict": checkpoint, "meta": {}}
-    checkpoint = dict(checkpoint)
+        raise CheckpointLoadError(f"could not load the weights {source!r} from {url}: {err}. "
+                                  f"{_download_hint(url)}") from err
+
+
+def _load_file(path: str, map_location: Any) -> Any:
+    if not os.path.isfile(path):
+        raise CheckpointNotFoundError(f"checkpoint file {path!r} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        raise CheckpointLoadError(f"cannot read checkpoint {path}: {err}. It may be truncated, "
+                                  f"not a torch checkpoint, or hold objects other than tensors "
+                                  f"and plain data.") from err
+
+
+def _load_source(source: str, map_location: Any) -> Any:
+    if source.startswith("torchvision://"):
+        return _load_url(source, torchvision_weights_url(source[len("torchvision://"):]),
+                         map_location)
+    if source.startswith(("http://", "https://")):
+        return _load_url(source, source, map_location)
+    if "://" in source:
+        raise ConfigError(f"checkpoint {source!r}: detlab reads torchvision://NAME, http(s) URLs "
+                          f"and local files; download the file and pass its path")
+    return _load_file(os.path.expanduser(source), map_location)
+
+
+def read_checkpoint(source: str | os.PathLike, map_location: str | torch.device = "cpu"
+                    ) -> dict[str, Any]:
+    """The checkpoint at ``source`` -- a file, an http(s) URL or ``torchvision://NAME`` (both
+    through torch.hub's cache under ``$TORCH_HOME/hub/checkpoints``) -- read with
+    ``weights_only=True``, as a dict with ``state_dict`` and ``meta`` (empty for a bare state
+    dict; a ``model`` entry counts as the state dict; ``module.`` prefixes are dropped)."""
+    if not isinstance(source, (str, os.PathLike)) or not str(source):
+        raise ConfigError(f"a checkpoint is a file path, a URL or torchvision://NAME; got "
+                          f"{source!r}")
+    raw = _load_source(os.fspath(source), map_location)
+    if not isinstance(raw, Mapping):
+        raise CheckpointLoadError(f"checkpoint {source} holds a {type(raw).__name__}, not a dict")
+    checkpoint = dict(raw) if isinstance(raw.get("state_dict"), Mapping) else {"state_dict": raw}
+    if isinstance(checkpoint["state_dict"].get("model"), Mapping):
+        checkpoint["state_dict"] = checkpoint["state_dict"]["model"]
+    checkpoint["state_dict"] = {k.removeprefix("module."): v
+                                for k, v in checkpoint["state_dict"].items()}
     checkpoint.setdefault("meta", {})
     return checkpoint
 
 
 @dataclass
 class LoadReport:
-    """What :func:`load_weights` could not load."""
+    """What :func:`load_weights` could not load, or left out on purpose."""
 
+    source: str = "state dict"
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     shape_mismatch: list[tuple[str, tuple, tuple]] = field(default_factory=list)
+    expected_unused: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.missing or self.unexpected or self.shape_mismatch)
 
     def __str__(self) -> str:
         lines = []
-        for what, keys in (("missing keys in the checkpoint", self.missing),
-                           ("unexpected keys in the checkpoint", self.unexpected)):
+        for what, keys in (("missing in the checkpoint (left as initialized)", self.missing),
+                           ("in the checkpoint but not in the model", self.unexpected)):
             if keys:
                 more = " ..." if len(keys) > 20 else ""
                 lines.append(f"{what} ({len(keys)}): " + ", ".join(keys[:20]) + more)
@@ -93,43 +179,61 @@ class LoadReport:
         return "\n".join(lines) or "all keys matched"
 
 
-def _strip_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    if state and all(k.startswith(prefix) for k in state):
-        return {k[len(prefix):]: v for k, v in state.items()}
-    return dict(state)
-
-
-def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
-                 strict: bool = False) -> LoadReport:
+def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], strict: bool = False,
+                 source: str = "state dict") -> LoadReport:
     """Copy matching tensors of ``state_dict`` into ``model``; tensors of another shape are left
-    out (not a crash). Returns what did not match; ``strict`` raises if anything did not."""
+    out (not a crash), and a classifier's ``fc.*`` keys are expected extras. Returns what did
+    not match; ``strict`` raises if anything did not."""
     model = _unwrap(model)
-    state = _strip_prefix(state_dict, "module.")
     own = model.state_dict()
-    report = LoadReport(missing=[k for k in own if k not in state],
-                        unexpected=[k for k in state if k not in own])
+    report = LoadReport(source)
     usable = {}
-    for key, value in state.items():
-        if key in own:
-            if own[key].shape == value.shape:
-                usable[key] = value
-            else:
-                report.shape_mismatch.append((key, tuple(own[key].shape), tuple(value.shape)))
+    for key, value in state_dict.items():
+        if key not in own:
+            unused = key.startswith(EXPECTED_UNUSED_PREFIXES)
+            (report.expected_unused if unused else report.unexpected).append(key)
+        elif own[key].shape != value.shape:
+            report.shape_mismatch.append((key, tuple(own[key].shape), tuple(value.shape)))
+        else:
+            usable[key] = value
+    report.missing = [k for k in own if k not in state_dict and "num_batches_tracked" not in k]
     model.load_state_dict(usable, strict=False)
     if strict and report:
-        raise RuntimeError(f"the checkpoint does not match the model:\n{report}")
+        raise RuntimeError(f"{source} does not match the model:\n{report}")
     return report
 
 
-def load_checkpoint(model: nn.Module, path: str, map_location: str | torch.device = "cpu",
-                    strict: bool = False, log: logging.Logger | None = None) -> dict[str, Any]:
-    """Load the weights of the checkpoint at ``path`` into ``model`` and return the checkpoint.
+def log_report(model: nn.Module, report: LoadReport, log: logging.Logger | None = None) -> None:
+    """Expected extras at INFO; anything else that did not load as a warning (to the log
+    given, else as a Python warning so that it shows in a notebook)."""
+    name = type(_unwrap(model)).__name__
+    if report.expected_unused:
+        logger.info("%s: %d keys of %s are not used (a classifier's head, expected): %s", name,
+                    len(report.expected_unused), report.source,
+                    ", ".join(report.expected_unused))
+    if not report:
+        logger.info("%s: loaded %s", name, report.source)
+    elif log is not None:
+        log.warning("loading %s into %s:\n%s", report.source, name, report)
+    else:
+        warnings.warn(f"loading {report.source} into {name}: {report}", stacklevel=3)
 
-    Missing, unexpected and shape-mismatched keys are logged (``strict=True``: an error).
-    """
-    checkpoint = read_checkpoint(path, map_location)
-    report = load_weights(model, checkpoint["state_dict"], strict=strict)
-    if report:
-        (log or logger).warning("loading %s:\n%s", path, report)
+
+def load_checkpoint(model: nn.Module, source: str | os.PathLike,
+                    map_location: str | torch.device = "cpu", strict: bool = False,
+                    prefix: str | None = None, log: logging.Logger | None = None
+                    ) -> dict[str, Any]:
+    """Load the weights of a checkpoint (file, URL or ``torchvision://NAME``) into ``model``
+    and return the checkpoint, its :class:`LoadReport` under ``load_report``. With ``prefix``
+    (e.g. ``'backbone.'``) only the keys under it are used, the prefix removed."""
+    checkpoint = read_checkpoint(source, map_location)
+    state = checkpoint["state_dict"]
+    if prefix:
+        prefix = prefix if prefix.endswith(".") else prefix + "."
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if not state:
+            raise CheckpointLoadError(f"checkpoint {source} has no keys under prefix {prefix!r}")
+    report = load_weights(model, state, strict=strict, source=os.fspath(source))
+    log_report(model, report, log)
     checkpoint["load_report"] = report
     return checkpoint

@@ -45,7 +45,8 @@ def plot_curves(json_logs: str | Sequence[str], keys: Sequence[str] = ("loss",),
                 legend: Sequence[str] | None = None, title: str | None = None,
                 out_file: str | None = None):
     """Curves of ``keys`` (train losses against iterations; val metrics such as ``bbox_mAP``
-    against epochs) from one or more JSON logs, one panel per key."""
+    against epochs) from one or more JSON logs, one panel per key. A key a log does not hold
+    (yet) leaves a note in its panel instead of a curve."""
     from detlab.engine.logging import load_json_log
 
     logs = [json_logs] if isinstance(json_logs, str) else list(json_logs)
@@ -60,11 +61,14 @@ def plot_curves(json_logs: str | Sequence[str], keys: Sequence[str] = ("loss",),
                 continue
             frame = load_json_log(path)
             val = frame[frame["mode"] == "val"] if "mode" in frame else frame.iloc[:0]
-            if key not in val:
-                raise KeyError(f"{path} has no {key!r} values; it logs: "
-                               f"{', '.join(c for c in frame.columns if c not in ('mode',))}")
-            ax.plot(val["epoch"], val[key], marker="o", label=name)
-            ax.set_xlabel("epoch")
+            if key in val and val[key].notna().any():
+                ax.plot(val["epoch"], val[key], marker="o", label=name)
+                ax.set_xlabel("epoch")
+            else:  # e.g. a metric before the first evaluation: say so in the panel
+                logged = ", ".join(c for c in frame.columns if c != "mode")
+                ax.text(0.5, 0.5, f"no {key} in {os.path.basename(path)} yet\n(logged: "
+                        f"{logged})", ha="center", va="center", wrap=True, fontsize=8,
+                        transform=ax.transAxes)
         ax.set_title(key)
         ax.grid(alpha=0.3)
         if len(logs) > 1:
