@@ -54,3 +54,30 @@ def test_python_dash_m_and_console_script(configs):
     out = subprocess.run([str(script), "print-config", str(configs / "chain" / "level1.py")],
                          capture_output=True, text=True, check=True).stdout
     assert "model = dict(" in out
+
+
+def test_make_shapes(tmp_path, capsys):
+    assert main(["make-shapes", str(tmp_path), "--num-train", "3", "--num-val", "2",
+                 "--image-size", "64"]) == 0
+    assert "train_ann_file" in capsys.readouterr().out
+    train = json.loads((tmp_path / "annotations" / "instances_train.json").read_text())
+    assert len(train["images"]) == 3 and len(list((tmp_path / "val").glob("*.png"))) == 2
+
+
+def test_train_then_test_from_the_command_line(shapes_root, make_config, tmp_path, capsys):
+    config = tmp_path / "tiny.py"
+    make_config(shapes_root, epochs=1).dump(config)
+    work_dir = tmp_path / "work"
+    assert main(["train", str(config), "--work-dir", str(work_dir), "--no-progress",
+                 "--cfg-options", "optimizer.lr=0.0005"]) == 0
+    out = capsys.readouterr().out
+    assert "bbox_mAP:" in out and (work_dir / "latest.pth").exists()
+    assert Config.fromfile(work_dir / "config.py").optimizer.lr == 0.0005
+    results = tmp_path / "results.pkl"
+    assert main(["test", str(config), str(work_dir / "latest.pth"), "--eval", "bbox",
+                 "--out", str(results), "--eval-options", "classwise=True",
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "bbox_mAP:" in out and "circle" in out and results.exists()
+    assert main(["test", str(config), str(work_dir / "latest.pth")]) == 2
+    assert "--eval bbox" in capsys.readouterr().err

@@ -294,7 +294,9 @@ def _memory_mb(device: torch.device) -> int:
 @HOOKS.register_module()
 class TextLoggerHook(Hook):
     """Every ``interval`` iterations, writes the averages of the log buffer as a row of the JSON
-    log and a line of the text log; after validation, the metrics."""
+    log and a line of the text log; after validation, the metrics. The last iterations of an
+    epoch that do not fill an interval are dropped (``ignore_last``), unless the whole epoch is
+    shorter than the interval."""
 
     priority = "VERY_LOW"
 
@@ -305,7 +307,9 @@ class TextLoggerHook(Hook):
     def after_train_iter(self, trainer: Trainer) -> None:
         inner = trainer.inner_iter + 1
         last = inner == trainer.iters_per_epoch
-        if inner % self.interval and not (last and not self.ignore_last):
+        # an epoch shorter than the interval still logs its last iteration (small datasets)
+        short_epoch = trainer.iters_per_epoch < self.interval
+        if inner % self.interval and not (last and (not self.ignore_last or short_epoch)):
             return
         row = {"mode": "train", "epoch": trainer.epoch + 1, "iter": inner,
                "lr": trainer.current_lr()[0]}

@@ -33,8 +33,9 @@ def train_curve_table(json_log: str):
     from detlab.engine.logging import load_json_log
 
     frame = load_json_log(json_log)
-    train = frame[frame["mode"] == "train"].copy()
+    train = frame[frame["mode"] == "train"].copy() if "mode" in frame else frame.copy()
     if train.empty:
+        train["step"] = []
         return train
     per_epoch = int(train[train["epoch"] == train["epoch"].min()]["iter"].max())
     train["step"] = (train["epoch"] - 1) * per_epoch + train["iter"]
