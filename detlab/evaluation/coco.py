@@ -282,7 +282,21 @@ def _run_pycocotools(coco_gt: COCO, rows: list[dict], params: EvalParams,
                       evaluator.eval["precision"], summary.getvalue())
 
 
-_BACKENDS: dict[str, Callable[..., EvalOutput]] = {"pycocotools": _run_pycocotools}
+def _run_detlab(coco_gt: COCO, rows: list[dict], params: EvalParams,
+                verbose: bool) -> EvalOutput:
+    """Evaluate with detlab's vectorized engine (``detlab.evaluation.cocoeval``): the same
+    arrays and stats as pycocotools, many times faster."""
+    from detlab.evaluation.cocoeval import evaluate
+
+    accumulated, stats, summary = evaluate(coco_gt, rows, params.img_ids, params.cat_ids,
+                                           params.max_dets, params.iou_thrs, params.iou_type)
+    if verbose:
+        print(summary, end="")
+    return EvalOutput(stats, accumulated.precision, summary)
+
+
+_BACKENDS: dict[str, Callable[..., EvalOutput]] = {"pycocotools": _run_pycocotools,
+                                                   "detlab": _run_detlab}
 
 
 # --------------------------------------------------------------------------------------------
@@ -407,7 +421,7 @@ def coco_evaluate(gt: str | os.PathLike | dict | COCO, dt: Any, iou_type: str = 
                   cat_ids: Sequence[int] | None = None, img_ids: Sequence[int] | None = None,
                   class_names: Sequence[str] | None = None, verbose: bool = False,
                   logger: logging.Logger | str | None = None,
-                  backend: str = "pycocotools") -> dict[str, Any]:
+                  backend: str = "detlab") -> dict[str, Any]:
     """COCO metrics of detections, named and computed as MMDetection 2.x's
     ``CocoDataset.evaluate(metric=iou_type)``.
 
@@ -437,7 +451,8 @@ def coco_evaluate(gt: str | os.PathLike | dict | COCO, dt: Any, iou_type: str = 
         verbose: let pycocotools print its progress, and print the summary (and table).
         logger: a ``logging.Logger`` (or its name) that gets the summary (and table) at INFO
             level, as MMDetection's ``logger`` argument; ``None`` or ``'silent'``: not logged.
-        backend: the evaluation engine; ``'pycocotools'``.
+        backend: the evaluation engine: ``'detlab'`` (vectorized; identical numbers) or
+            ``'pycocotools'`` (the reference).
 
     Returns:
         ``{iou_type}_{item}`` for each metric item (plain ``item`` for proposals) as full
