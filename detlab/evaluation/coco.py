@@ -17,6 +17,7 @@ import io
 import json
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ import numpy as np
 if TYPE_CHECKING:
     from pycocotools.coco import COCO
 
+    from detlab.evaluation.cocoeval import ResultColumns
     from detlab.structures import DetResult
 
 IOU_TYPES = ("bbox", "segm", "proposal")
@@ -170,7 +172,9 @@ def _as_rows(dt: Any, img_ids: Sequence[int] | None,
              cat_ids: Sequence[int]) -> tuple[list[dict], list[int] | None]:
     """The result rows of ``dt``, and the image ids of the results when ``dt`` holds
     ``DetResult`` (``None`` for rows, which do not say which images were run)."""
-    from detlab.structures import DetResult
+    # a DetResult can only exist once its module is loaded: no need to import torch to check
+    structures = sys.modules.get("detlab.structures")
+    DetResult = structures.DetResult if structures is not None else ()
 
     if isinstance(dt, (str, os.PathLike)):
         with open(dt) as f:
@@ -178,7 +182,7 @@ def _as_rows(dt: Any, img_ids: Sequence[int] | None,
     if not isinstance(dt, (list, tuple)):
         raise TypeError(f"dt must be a results json path, a list of COCO result dicts or a list "
                         f"of DetResult, got {type(dt).__name__}")
-    if dt and all(isinstance(r, DetResult) for r in dt):
+    if dt and DetResult and all(isinstance(r, DetResult) for r in dt):
         ids = _image_ids_of(dt) if img_ids is None else [int(i) for i in img_ids]
         return results_to_coco(dt, ids, cat_ids), ids
     if not all(isinstance(r, dict) for r in dt):
@@ -213,14 +217,28 @@ def _short(row: dict) -> str:
     return text if len(text) < 120 else text[:117] + "..."
 
 
-def _check_ids(coco_gt: COCO, rows: list[dict], img_ids: list[int], cat_ids: list[int],
+def _columns(rows: list[dict], iou_type: str) -> ResultColumns:
+    """The rows as columns; a bad row is found and named (by :func:`_clean_row`)."""
+    from detlab.evaluation.cocoeval import ResultColumns
+
+    try:
+        return ResultColumns.from_rows(rows, iou_type == "segm")
+    except (KeyError, ValueError, TypeError, IndexError):
+        for i, row in enumerate(rows):
+            if not isinstance(row, dict):
+                raise TypeError(f"result row {i} is a {type(row).__name__}, not a dict") from None
+            _clean_row(row, i, iou_type)
+        raise
+
+
+def _check_ids(coco_gt: COCO, dets: ResultColumns, img_ids: list[int], cat_ids: list[int],
                iou_type: str) -> None:
     """Name the image and category ids that the ground truth does not know."""
     known_imgs = set(coco_gt.getImgIds())
     unknown = sorted(set(img_ids) - known_imgs)
     if unknown:
         raise ValueError(f"img_ids {unknown[:10]} are not images of the ground truth")
-    unknown = sorted({row["image_id"] for row in rows} - known_imgs)
+    unknown = sorted(set(np.unique(dets.image_id).tolist()) - known_imgs)
     if unknown:
         raise ValueError(f"results for image ids {unknown[:10]} that the ground truth does not "
                          f"have: are the results and the annotation file of the same set?")
@@ -234,7 +252,7 @@ def _check_ids(coco_gt: COCO, rows: list[dict], img_ids: list[int], cat_ids: lis
                          f"(it has {sorted(known_cats)})")
     if iou_type == "proposal":
         return  # proposals are class-agnostic: their category ids do not matter
-    unknown = sorted({row["category_id"] for row in rows} - known_cats)
+    unknown = sorted(set(np.unique(dets.category_id).tolist()) - known_cats)
     if unknown:
         raise ValueError(f"results with category ids {unknown} that the ground truth does not "
                          f"have (it has {sorted(known_cats)}): map labels with the dataset's "
@@ -259,13 +277,13 @@ def _load_results(coco_gt: COCO, rows: list[dict]) -> COCO:
     return empty
 
 
-def _run_pycocotools(coco_gt: COCO, rows: list[dict], params: EvalParams,
+def _run_pycocotools(coco_gt: COCO, dets: ResultColumns, params: EvalParams,
                      verbose: bool) -> EvalOutput:
     """Evaluate with ``pycocotools.cocoeval.COCOeval``."""
     from pycocotools.cocoeval import COCOeval
 
     with _stdout_unless(verbose):
-        coco_dt = _load_results(coco_gt, rows)
+        coco_dt = _load_results(coco_gt, dets.to_rows())
         evaluator = COCOeval(coco_gt, coco_dt, "bbox" if params.iou_type == "proposal"
                              else params.iou_type)
         evaluator.params.imgIds = list(params.img_ids)
@@ -282,13 +300,13 @@ def _run_pycocotools(coco_gt: COCO, rows: list[dict], params: EvalParams,
                       evaluator.eval["precision"], summary.getvalue())
 
 
-def _run_detlab(coco_gt: COCO, rows: list[dict], params: EvalParams,
+def _run_detlab(coco_gt: COCO, dets: ResultColumns, params: EvalParams,
                 verbose: bool) -> EvalOutput:
     """Evaluate with detlab's vectorized engine (``detlab.evaluation.cocoeval``): the same
     arrays and stats as pycocotools, many times faster."""
     from detlab.evaluation.cocoeval import evaluate
 
-    accumulated, stats, summary = evaluate(coco_gt, rows, params.img_ids, params.cat_ids,
+    accumulated, stats, summary = evaluate(coco_gt, dets, params.img_ids, params.cat_ids,
                                            params.max_dets, params.iou_thrs, params.iou_type)
     if verbose:
         print(summary, end="")
@@ -335,8 +353,9 @@ def _classwise_table(precision: np.ndarray, iou_thrs: np.ndarray, cat_ids: list[
     t50 = np.flatnonzero(np.isclose(iou_thrs, 0.5))
     t75 = np.flatnonzero(np.isclose(iou_thrs, 0.75))
     rows = []
-    for k, (cat_id, name) in enumerate(zip(cat_ids, names, strict=True)):
-        per_cat = precision[:, :, k, :, -1]  # (T, R, A)
+    position = {c: k for k, c in enumerate(np.unique(cat_ids).tolist())}  # precision's order
+    for cat_id, name in zip(cat_ids, names, strict=True):
+        per_cat = precision[:, :, position[cat_id], :, -1]  # (T, R, A)
         row = {"class": name, "category_id": cat_id, "AP": _mean_valid(per_cat[:, :, 0]),
                "AP50": _mean_valid(per_cat[t50, :, 0]), "AP75": _mean_valid(per_cat[t75, :, 0])}
         for a, suffix in enumerate(("s", "m", "l"), start=1):
@@ -468,20 +487,20 @@ def coco_evaluate(gt: str | os.PathLike | dict | COCO, dt: Any, iou_type: str = 
     coco_gt = load_coco_gt(gt, verbose)
     cat_ids = list(coco_gt.getCatIds()) if cat_ids is None else [int(c) for c in cat_ids]
     rows, result_ids = _as_rows(dt, img_ids, cat_ids)
-    rows = [_clean_row(row, i, iou_type) for i, row in enumerate(rows)]
+    dets = _columns(rows, iou_type)
     if iou_type == "proposal" and cat_ids:
         # COCOeval pools class-agnostic boxes over params.catIds only, so a proposal's category
         # (MMDetection writes 1, which need not exist) must be one of them to count at all
-        rows = [dict(row, category_id=cat_ids[0]) for row in rows]
+        dets.category_id[:] = cat_ids[0]
     params = EvalParams(iou_type, _images_to_evaluate(coco_gt, img_ids, result_ids), cat_ids,
                         max_dets, thrs)
-    _check_ids(coco_gt, rows, params.img_ids, cat_ids, iou_type)
-    if not rows:
+    _check_ids(coco_gt, dets, params.img_ids, cat_ids, iou_type)
+    if not len(dets):
         warnings.warn("the results hold no detection at all: every metric is 0",
                       UserWarning, stacklevel=2)
     table_names = (_class_names(coco_gt, cat_ids, class_names)
                    if classwise and iou_type != "proposal" else None)
-    output = _BACKENDS[backend](coco_gt, rows, params, verbose)
+    output = _BACKENDS[backend](coco_gt, dets, params, verbose)
     metrics = _named_metrics(output, iou_type, items, names)
     report = output.summary
     if table_names is not None:

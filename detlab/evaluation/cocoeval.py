@@ -50,6 +50,48 @@ class Instances:
 # --------------------------------------------------------------------------------------------
 
 
+@dataclass
+class ResultColumns:
+    """Result rows as columns: ``image_id``, ``category_id``, ``score`` ``(N,)``, ``bbox``
+    ``(N, 4)`` xywh (boxes) or ``segmentation`` (RLE dicts, masks)."""
+
+    image_id: np.ndarray
+    category_id: np.ndarray
+    score: np.ndarray
+    bbox: np.ndarray | None = None
+    segmentation: list | None = None
+
+    def __len__(self) -> int:
+        return len(self.image_id)
+
+    @classmethod
+    def from_rows(cls, rows: list[dict], segm: bool) -> ResultColumns:
+        """Columns of COCO result rows; raises KeyError/ValueError/TypeError on a bad row (the
+        caller finds and names it)."""
+        image_id = np.array([r["image_id"] for r in rows], dtype=np.int64)
+        category_id = np.array([r["category_id"] for r in rows], dtype=np.int64)
+        score = np.array([r["score"] for r in rows], dtype=np.float64)
+        if segm:
+            masks = [r["segmentation"] for r in rows]
+            if not all(isinstance(m, dict) for m in masks):
+                raise TypeError("segm results must be RLE dicts")
+            return cls(image_id, category_id, score, None, masks)
+        bbox = np.array([r["bbox"] for r in rows], dtype=np.float64).reshape(len(rows), 4)
+        return cls(image_id, category_id, score, bbox)
+
+    def to_rows(self) -> list[dict]:
+        """Fresh COCO result rows (pycocotools writes into the rows it is given)."""
+        rows = [dict(image_id=int(i), category_id=int(c), score=float(s))
+                for i, c, s in zip(self.image_id, self.category_id, self.score, strict=True)]
+        if self.segmentation is not None:
+            for row, mask in zip(rows, self.segmentation, strict=True):
+                row["segmentation"] = dict(mask)
+        else:
+            for row, box in zip(rows, self.bbox.tolist(), strict=True):
+                row["bbox"] = box
+        return rows
+
+
 def _positions(values: np.ndarray, keys: np.ndarray) -> np.ndarray:
     """Index of each value in ``keys`` (sorted, unique); -1 where absent."""
     pos = np.searchsorted(keys, values)
@@ -101,29 +143,32 @@ def ground_truth(coco_gt: Any, img_ids: np.ndarray, cat_ids: np.ndarray, use_cat
         scores=np.zeros(len(chosen)), rles=rles)
 
 
-def _det_areas_and_boxes(rows: list[dict], segm: bool) -> tuple[np.ndarray, np.ndarray, list]:
-    if not segm:
-        boxes = np.array([r["bbox"] for r in rows], dtype=np.float64).reshape(-1, 4)
-        return boxes[:, 2] * boxes[:, 3], boxes, []
+def _det_areas_and_boxes(dets: ResultColumns) -> tuple[np.ndarray, np.ndarray]:
+    if dets.segmentation is None:
+        return dets.bbox[:, 2] * dets.bbox[:, 3], dets.bbox
     from pycocotools import mask as mask_utils
 
-    rles = [r["segmentation"] for r in rows]
-    area = np.asarray(mask_utils.area(rles), dtype=np.float64) if rles else np.zeros(0)
-    boxes = np.asarray(mask_utils.toBbox(rles), dtype=np.float64).reshape(-1, 4)
-    return area, boxes, rles
+    rles = dets.segmentation
+    # pycocotools' area() overflows on lists longer than 255 under NumPy 2: go in chunks
+    chunks = [rles[i:i + 255] for i in range(0, len(rles), 255)]
+    area = np.concatenate([np.asarray(mask_utils.area(c), dtype=np.float64) for c in chunks]
+                          or [np.zeros(0)])
+    boxes = np.concatenate([np.asarray(mask_utils.toBbox(c), dtype=np.float64).reshape(-1, 4)
+                            for c in chunks] or [np.zeros((0, 4))])
+    return area, boxes
 
 
-def detections(rows: list[dict], img_ids: np.ndarray, cat_ids: np.ndarray, use_cats: bool,
-               segm: bool, max_det: int) -> tuple[Instances, np.ndarray]:
+def detections(dets: ResultColumns, img_ids: np.ndarray, cat_ids: np.ndarray, use_cats: bool,
+               max_det: int) -> tuple[Instances, np.ndarray]:
     """The evaluated detections, each (image, class) group sorted by score (stable) and cut to
     ``max_det``; also each one's rank in its group."""
-    img = np.array([r["image_id"] for r in rows], dtype=np.int64)
-    cat = np.array([r["category_id"] for r in rows], dtype=np.int64)
-    scores = np.array([r["score"] for r in rows], dtype=np.float64)
-    area, boxes, rles = _det_areas_and_boxes(rows, segm)
+    img, cat, scores = dets.image_id, dets.category_id, dets.score
+    area, boxes = _det_areas_and_boxes(dets)
+    rles = dets.segmentation
+    segm = rles is not None
     group = _group_of(img, cat, img_ids, cat_ids, use_cats)
-    cat_rank = _cat_rank(cat, cat_ids) if not use_cats else np.zeros(len(rows), np.int64)
-    ids = np.arange(1, len(rows) + 1)  # loadRes numbers results from 1 in their order
+    cat_rank = _cat_rank(cat, cat_ids) if not use_cats else np.zeros(len(dets), np.int64)
+    ids = np.arange(1, len(dets) + 1)  # loadRes numbers results from 1 in their order
     keep = np.flatnonzero(group >= 0)
     # pycocotools: group list in (class order when pooled) then result order, then a stable
     # sort by descending score
@@ -346,6 +391,13 @@ def _curve(tps: np.ndarray, fps: np.ndarray, npig: int, scores: np.ndarray
     return precision, recall, score
 
 
+def _split_by(values: np.ndarray, num: int) -> list[np.ndarray]:
+    """Indices of ``values == k`` for each ``k < num``, each in increasing order."""
+    order = np.argsort(values, kind="stable")
+    bounds = np.searchsorted(values[order], np.arange(num + 1))
+    return [order[bounds[k]:bounds[k + 1]] for k in range(num)]
+
+
 def accumulate(dt: Instances, rank: np.ndarray, gt: Instances, matches: Matches,
                gt_ignore: np.ndarray, det_out_of_area: np.ndarray, num_cats: int,
                max_dets: list[int]) -> Accumulated:
@@ -354,23 +406,21 @@ def accumulate(dt: Instances, rank: np.ndarray, gt: Instances, matches: Matches,
     A, T = gt_ignore.shape[0], matches.gt_id.shape[1]
     K, M, R = num_cats, len(max_dets), len(REC_THRS)
     out = Accumulated(-np.ones((T, R, K, A, M)), -np.ones((T, K, A, M)), -np.ones((T, R, K, A, M)))
-    dt_cat, gt_cat = dt.group % K, gt.group % K
-    matched = matches.gt_id != 0
-    for k in range(K):
-        in_k = np.flatnonzero(dt_cat == k)   # in (image, score) order
-        g_k = gt_cat == k
-        for a in range(A):
-            npig = int(np.count_nonzero(g_k & ~gt_ignore[a]))
-            if npig == 0:
-                continue
-            ignored = matches.ignored[a][:, in_k] | (~matched[a][:, in_k]
-                                                     & det_out_of_area[a][in_k])
-            for m, max_det in enumerate(max_dets):
-                sel = rank[in_k] < max_det
-                scores = dt.scores[in_k][sel]
-                order = np.argsort(-scores, kind="mergesort")
-                hit, ign = matched[a][:, in_k][:, sel][:, order], ignored[:, sel][:, order]
-                p, r, s = _curve(hit & ~ign, ~hit & ~ign, npig, scores[order])
+    npig = np.stack([np.bincount(gt.group[~ignore] % K, minlength=K) for ignore in gt_ignore])
+    for k, in_k in enumerate(_split_by(dt.group % K, K)):   # in (image, score) order
+        if not npig[:, k].any():
+            continue
+        order = in_k[np.argsort(-dt.scores[in_k], kind="mergesort")]  # pycocotools' order
+        hit = matches.gt_id[:, :, order] != 0                          # (A, T, n)
+        ignored = matches.ignored[:, :, order] | (~hit & det_out_of_area[:, None, order])
+        det_rank, scores = rank[order], dt.scores[order]
+        for m, max_det in enumerate(max_dets):
+            sel = det_rank < max_det
+            for a in range(A):
+                if npig[a, k] == 0:
+                    continue
+                h, ign = hit[a][:, sel], ignored[a][:, sel]
+                p, r, s = _curve(h & ~ign, ~h & ~ign, int(npig[a, k]), scores[sel])
                 out.precision[:, :, k, a, m], out.recall[:, k, a, m] = p, r
                 out.scores[:, :, k, a, m] = s
     return out
@@ -415,10 +465,11 @@ def summarize(acc: Accumulated, iou_thrs: np.ndarray, max_dets: list[int]
 # --------------------------------------------------------------------------------------------
 
 
-def evaluate(coco_gt: Any, rows: list[dict], img_ids: list[int], cat_ids: list[int],
-             max_dets: list[int], iou_thrs: np.ndarray, iou_type: str = "bbox"
-             ) -> tuple[Accumulated, np.ndarray, str]:
-    """COCO evaluation of result ``rows`` against ``coco_gt`` (a pycocotools ``COCO``).
+def evaluate(coco_gt: Any, dets: ResultColumns | list[dict], img_ids: list[int],
+             cat_ids: list[int], max_dets: list[int], iou_thrs: np.ndarray,
+             iou_type: str = "bbox") -> tuple[Accumulated, np.ndarray, str]:
+    """COCO evaluation of results (rows or columns) against ``coco_gt`` (a pycocotools
+    ``COCO``).
 
     ``iou_type`` is ``'bbox'``, ``'segm'`` or ``'proposal'`` (boxes, classes pooled). Returns
     ``COCOeval.eval``'s arrays, ``COCOeval.stats`` and the summary text, identical to
@@ -426,6 +477,8 @@ def evaluate(coco_gt: Any, rows: list[dict], img_ids: list[int], cat_ids: list[i
     """
     use_cats = iou_type != "proposal"
     segm = iou_type == "segm"
+    if not isinstance(dets, ResultColumns):
+        dets = ResultColumns.from_rows(list(dets), segm)
     img_arr = np.unique(np.asarray(img_ids, dtype=np.int64))
     cats = np.asarray(cat_ids, dtype=np.int64)
     cats_sorted = np.unique(cats) if use_cats else cats
@@ -434,7 +487,7 @@ def evaluate(coco_gt: Any, rows: list[dict], img_ids: list[int], cat_ids: list[i
     num_cats = len(cats_sorted) if use_cats else 1
     num_groups = len(img_arr) * num_cats
     gt = ground_truth(coco_gt, img_arr, cats_sorted if use_cats else cats, use_cats, segm)
-    dt, rank = detections(rows, img_arr, cats_sorted if use_cats else cats, use_cats, segm,
+    dt, rank = detections(dets, img_arr, cats_sorted if use_cats else cats, use_cats,
                           max_dets[-1])
     gt_ignore = gt.crowd[None] | (gt.area[None] < AREA_RANGES[:, :1]) \
         | (gt.area[None] > AREA_RANGES[:, 1:])
