@@ -99,29 +99,109 @@ def _add_test(subparsers: argparse._SubParsersAction) -> None:
                         help="score threshold for --show-dir (default 0.3)")
     parser.add_argument("--eval-options", nargs="+", default=[], metavar="KEY=VALUE",
                         help="options of dataset.evaluate, e.g. classwise=True")
+    parser.add_argument("--format-only", action="store_true",
+                        help="write COCO result files (--eval-options jsonfile_prefix=PREFIX) "
+                             "instead of evaluating, e.g. for a test-dev submission")
     parser.add_argument("--device", help="cuda, cpu ... (default: CUDA when present)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_cfg_options(parser)
+
+
+def _print_metrics(output: dict) -> None:
+    for key, value in output.items():
+        if key == "classwise":
+            print(value.to_string(index=False))
+        elif key == "result_files":
+            for kind, path in value.items():
+                print(f"{kind} results: {path}")
+        elif isinstance(value, float):
+            print(f"{key}: {value:.4f}")
+        elif isinstance(value, str) and key != "summary":
+            print(f"{key}: {value}")
 
 
 def _run_test(args: argparse.Namespace) -> int:
     from detlab.config import parse_cfg_options
     from detlab.engine.tester import test
 
-    if not args.eval and not args.out and not args.show_dir:
-        raise ValueError("say what to do with the results: --eval bbox, --out results.pkl "
-                         "and/or --show-dir DIR")
+    if not (args.eval or args.out or args.show_dir or args.format_only):
+        raise ValueError("say what to do with the results: --eval bbox, --out results.pkl, "
+                         "--format-only and/or --show-dir DIR")
     output = test(args.config, args.checkpoint, eval=args.eval, out=args.out,
                   show_dir=args.show_dir, show_score_thr=args.show_score_thr, device=args.device,
                   cfg_options=args.cfg_options, eval_options=parse_cfg_options(args.eval_options),
-                  progress=not args.no_progress)
-    for key, value in output.items():
-        if key == "classwise":
-            print(value.to_string(index=False))
-        elif isinstance(value, float):
-            print(f"{key}: {value:.4f}")
-        elif isinstance(value, str):
-            print(f"{key}: {value}")
+                  format_only=args.format_only, progress=not args.no_progress)
+    _print_metrics(output)
+    return 0
+
+
+def _add_eval_metric(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eval-metric", help="evaluate saved results (a .pkl from `detlab test --out`)",
+        description="Evaluate saved results (MMDetection's eval_metric.py).")
+    parser.add_argument("config", help="config file (its data.test is evaluated)")
+    parser.add_argument("results", help="results .pkl (MMDetection's format)")
+    parser.add_argument("--eval", nargs="+", default=["bbox"], help="metrics, e.g. bbox")
+    parser.add_argument("--format-only", action="store_true",
+                        help="write COCO result files (--eval-options jsonfile_prefix=PREFIX)")
+    parser.add_argument("--eval-options", nargs="+", default=[], metavar="KEY=VALUE")
+    _add_cfg_options(parser)
+
+
+def _run_eval_metric(args: argparse.Namespace) -> int:
+    from detlab.config import parse_cfg_options
+    from detlab.engine.tester import eval_metric
+
+    _print_metrics(eval_metric(args.config, args.results, eval=args.eval,
+                               format_only=args.format_only,
+                               eval_options=parse_cfg_options(args.eval_options),
+                               cfg_options=args.cfg_options))
+    return 0
+
+
+def _add_analyze_logs(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "analyze-logs", help="plot curves from JSON logs, or compute training speed",
+        description="Analyze training logs (MMDetection's analyze_logs.py).")
+    actions = parser.add_subparsers(dest="task", metavar="TASK")
+    actions.required = True
+    plot = actions.add_parser("plot_curve", help="plot keys of one or more JSON logs")
+    plot.add_argument("json_logs", nargs="+", help="*.log.json files")
+    plot.add_argument("--keys", nargs="+", default=["bbox_mAP"], help="keys to plot")
+    plot.add_argument("--legend", nargs="+", help="a name per log")
+    plot.add_argument("--title", help="figure title")
+    plot.add_argument("--out", help="save the figure here (else: show it)")
+    speed = actions.add_parser("cal_train_time", help="slowest/fastest epoch, mean iter time")
+    speed.add_argument("json_logs", nargs="+", help="*.log.json files")
+    speed.add_argument("--include-outliers", action="store_true",
+                       help="keep the first logged iteration of each epoch")
+
+
+def _run_analyze_logs(args: argparse.Namespace) -> int:
+    if args.task == "plot_curve":
+        from detlab.viz.plots import plot_curves
+
+        if args.legend and len(args.legend) != len(args.json_logs):
+            raise ValueError(f"--legend has {len(args.legend)} names for "
+                             f"{len(args.json_logs)} logs")
+        figure = plot_curves(args.json_logs, keys=args.keys, legend=args.legend,
+                             title=args.title, out_file=args.out)
+        if args.out:
+            print(f"saved {args.out}")
+        else:
+            figure.show()
+        return 0
+    from detlab.engine.logging import cal_train_time
+
+    for path in args.json_logs:
+        speed = cal_train_time(path, args.include_outliers)
+        print(f"-----Analyze train time of {path}-----")
+        print(f"slowest epoch {speed['slowest_epoch']}, average time is "
+              f"{speed['slowest_time']:.4f} s/iter")
+        print(f"fastest epoch {speed['fastest_epoch']}, average time is "
+              f"{speed['fastest_time']:.4f} s/iter")
+        print(f"time std over epochs is {speed['epoch_time_std']:.4f}")
+        print(f"average iter time: {speed['mean_iter_time']:.4f} s/iter")
     return 0
 
 
@@ -188,6 +268,8 @@ VERBS = {
     "test": (_add_test, _run_test),
     "make-shapes": (_add_make_shapes, _run_make_shapes),
     "nb": (_add_nb, _run_nb),
+    "eval-metric": (_add_eval_metric, _run_eval_metric),
+    "analyze-logs": (_add_analyze_logs, _run_analyze_logs),
 }
 
 

@@ -81,3 +81,35 @@ def test_train_then_test_from_the_command_line(shapes_root, make_config, tmp_pat
     assert "bbox_mAP:" in out and "circle" in out and results.exists()
     assert main(["test", str(config), str(work_dir / "latest.pth")]) == 2
     assert "--eval bbox" in capsys.readouterr().err
+
+
+def test_format_only_eval_metric_and_analyze_logs(shapes_root, make_config, tmp_path, capsys):
+    config = tmp_path / "tiny.py"
+    make_config(shapes_root, epochs=2).dump(config)
+    work_dir = tmp_path / "work"
+    assert main(["train", str(config), "--work-dir", str(work_dir), "--no-progress"]) == 0
+    checkpoint = str(work_dir / "latest.pth")
+    results = tmp_path / "results.pkl"
+    keep_all = ["--cfg-options", "model.test_cfg.score_thr=0.0"]  # an untrained model's scores
+    assert main(["test", str(config), checkpoint, "--eval", "bbox", "--out", str(results),
+                 "--no-progress", *keep_all]) == 0
+    tested = dict(line.split(": ", 1) for line in capsys.readouterr().out.splitlines()
+                  if line.startswith("bbox_mAP"))
+    prefix = tmp_path / "submission" / "shapes"
+    assert main(["test", str(config), checkpoint, "--format-only", "--eval-options",
+                 f"jsonfile_prefix={prefix}", "--no-progress", *keep_all]) == 0
+    rows = json.loads((tmp_path / "submission" / "shapes.bbox.json").read_text())
+    assert rows and all(set(r) >= {"image_id", "category_id", "bbox", "score"} for r in rows)
+    assert {r["category_id"] for r in rows} <= {1, 2, 3}
+    capsys.readouterr()
+    assert main(["eval-metric", str(config), str(results), "--eval", "bbox"]) == 0
+    again = dict(line.split(": ", 1) for line in capsys.readouterr().out.splitlines()
+                 if line.startswith("bbox_mAP"))
+    assert again == tested  # saved results evaluate the same
+    log = next(work_dir.glob("*.log.json"))
+    out = tmp_path / "curves.png"
+    assert main(["analyze-logs", "plot_curve", str(log), "--keys", "loss_cls", "bbox_mAP",
+                 "--out", str(out)]) == 0 and out.stat().st_size > 0
+    assert main(["analyze-logs", "cal_train_time", str(log)]) == 0
+    text = capsys.readouterr().out
+    assert "slowest epoch" in text and "average iter time" in text

@@ -138,3 +138,26 @@ def format_row(row: Mapping[str, Any], iters_per_epoch: int | None = None) -> st
         else:
             parts.append(f"{key}: {value}")
     return f"{head}\t" + ", ".join(parts)
+
+
+def cal_train_time(json_log: str, include_outliers: bool = False) -> dict[str, Any]:
+    """Training speed from a JSON log, as MMDetection's ``analyze_logs.py cal_train_time``:
+    the slowest and fastest epoch by mean iteration time, the std of the epoch means and the
+    mean iteration time (the first logged row of each epoch, which carries start-up costs, is
+    left out unless ``include_outliers``)."""
+    import numpy as np
+
+    per_epoch: dict[int, list[float]] = {}
+    for row in read_json_log(json_log):
+        if row.get("mode") == "train" and "time" in row:
+            per_epoch.setdefault(int(row["epoch"]), []).append(float(row["time"]))
+    if not per_epoch:
+        raise ValueError(f"{json_log} has no training rows with a 'time' value")
+    if not include_outliers:
+        per_epoch = {e: t[1:] or t for e, t in per_epoch.items()}
+    epochs = sorted(per_epoch)
+    means = np.array([np.mean(per_epoch[e]) for e in epochs])
+    every = np.concatenate([per_epoch[e] for e in epochs])
+    return dict(slowest_epoch=epochs[int(means.argmax())], slowest_time=float(means.max()),
+                fastest_epoch=epochs[int(means.argmin())], fastest_time=float(means.min()),
+                epoch_time_std=float(means.std()), mean_iter_time=float(every.mean()))

@@ -117,6 +117,24 @@ def load_results(path: str, class_names: Sequence[str] | None = None) -> list[De
             for per_class in raw]
 
 
+def format_results(dataset: Any, results: Sequence[DetResult], jsonfile_prefix: str
+                   ) -> dict[str, str]:
+    """Write the results as COCO result json files for a submission (e.g. COCO test-dev):
+    ``<jsonfile_prefix>.bbox.json`` (and ``.segm.json`` when there are masks). Returns the paths
+    by kind."""
+    from detlab.evaluation.coco import dump_results
+
+    if len(results) != len(dataset):
+        raise ValueError(f"{len(results)} results for a dataset of {len(dataset)} images")
+    img_ids = [int(info["id"]) for info in dataset.data_infos]
+    paths = {"bbox": dump_results(results, img_ids, dataset.cat_ids,
+                                  f"{jsonfile_prefix}.bbox.json")}
+    if any(r.masks is not None for r in results):
+        paths["segm"] = paths["bbox"][:-len(".bbox.json")] + ".segm.json"
+        dump_results(results, img_ids, dataset.cat_ids, paths["segm"])
+    return paths
+
+
 def build_test_objects(cfg: Config, checkpoint: str | None, device: torch.device,
                        split: str = "test") -> tuple[nn.Module, Any, Any]:
     """The model (with the checkpoint's weights and classes), dataset and loader of
@@ -145,11 +163,13 @@ def test(cfg: str | Config | Mapping, checkpoint: str | None, eval: Sequence[str
          show_score_thr: float = 0.3, device: str | None = None,
          cfg_options: Mapping[str, Any] | Iterable[str] | None = None,
          eval_options: Mapping[str, Any] | None = None, split: str = "test",
-         progress: bool = True) -> dict[str, Any]:
+         format_only: bool = False, progress: bool = True) -> dict[str, Any]:
     """Detect on ``data.<split>`` with the weights of ``checkpoint`` and evaluate.
 
     Returns the metrics (MMDetection's names, e.g. ``bbox_mAP``) plus ``results`` (the list of
-    DetResult). ``out`` saves the results as a ``.pkl``; ``show_dir`` saves pictures.
+    DetResult). ``out`` saves the results as a ``.pkl``; ``show_dir`` saves pictures;
+    ``format_only`` writes COCO result files instead of evaluating (``eval_options`` must give
+    ``jsonfile_prefix``), e.g. for a COCO test-dev submission.
     """
     from detlab.engine.dist import init_dist_from_env, select_device
 
@@ -162,13 +182,45 @@ def test(cfg: str | Config | Mapping, checkpoint: str | None, eval: Sequence[str
     if get_dist_info()[0] == 0:
         if out:
             save_results(results, out, len(model.CLASSES))
-        metrics = [eval] if isinstance(eval, str) else list(eval or [])
-        if metrics:
-            options = dict(eval_options or {})
-            options.setdefault("classwise", classwise)
-            output.update(dataset.evaluate(results, metric=metrics, **options))
+        output.update(_evaluate_or_format(dataset, results, eval, classwise, eval_options,
+                                          format_only))
     output["results"] = results
     return output
+
+
+def _evaluate_or_format(dataset: Any, results: Sequence[DetResult], eval: Any, classwise: bool,
+                        eval_options: Mapping[str, Any] | None, format_only: bool
+                        ) -> dict[str, Any]:
+    options = dict(eval_options or {})
+    if format_only:
+        prefix = options.pop("jsonfile_prefix", None)
+        if not prefix:
+            raise ValueError("format_only needs eval_options jsonfile_prefix=PATH/PREFIX (the "
+                             "result files become PREFIX.bbox.json ...)")
+        return {"result_files": format_results(dataset, results, prefix)}
+    metrics = [eval] if isinstance(eval, str) else list(eval or [])
+    if not metrics:
+        return {}
+    options.setdefault("classwise", classwise)
+    return dict(dataset.evaluate(results, metric=metrics, **options))
+
+
+def eval_metric(cfg: str | Config | Mapping, results: str | Sequence[DetResult],
+                eval: Sequence[str] | str = ("bbox",), format_only: bool = False,
+                eval_options: Mapping[str, Any] | None = None,
+                cfg_options: Mapping[str, Any] | Iterable[str] | None = None,
+                split: str = "test") -> dict[str, Any]:
+    """Evaluate saved results (a ``results.pkl`` from ``test(out=...)``) on ``data.<split>``,
+    as MMDetection's ``tools/analysis_tools/eval_metric.py``."""
+    from detlab.data import build_dataset
+
+    cfg = load_config(cfg, cfg_options)
+    split_cfg = dict(cfg.data[split])
+    split_cfg.pop("samples_per_gpu", None)
+    dataset = build_dataset(split_cfg, dict(test_mode=True), _path=f"data.{split}")
+    if isinstance(results, str):
+        results = load_results(results, dataset.CLASSES)
+    return _evaluate_or_format(dataset, results, eval, False, eval_options, format_only)
 
 
 test.__test__ = False  # a library function, not a test for pytest to collect
