@@ -240,15 +240,32 @@ def _add_nb(subparsers: argparse._SubParsersAction) -> None:
                           "none, [1,2], (1,2), text)")
     run.add_argument("--cwd", default=".", help="working directory of the kernel")
     run.add_argument("--timeout", type=float, help="seconds a cell may run")
+    grid = actions.add_parser("sweep", help="run a notebook over a grid of parameters")
+    grid.add_argument("notebook", help="the notebook to run")
+    grid.add_argument("--grid", nargs="+", required=True, metavar="KEY=V1,V2",
+                      help="parameter values to combine, e.g. epochs=2,4 seed=0,1 "
+                           "img_scale=(640,480),(800,600)")
+    grid.add_argument("--out", required=True, help="folder of the runs (one subfolder each)")
+    grid.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
+                      metavar=("KEY", "VALUE"), help="a parameter shared by every run")
+    grid.add_argument("--cwd", default=".", help="working directory of the kernels")
+    grid.add_argument("--timeout", type=float, help="seconds a cell may run")
 
 
 def _run_nb(args: argparse.Namespace) -> int:
     import os
 
-    from detlab.config import parse_value
-    from detlab.notebooks import run_notebook
+    from detlab.config import parse_cfg_options, parse_value
+    from detlab.notebooks import run_notebook, sweep
 
     parameters = {key: parse_value(value) for key, value in args.parameter}
+    if args.nb_action == "sweep":
+        frame = sweep(args.notebook, parse_cfg_options(args.grid), args.out,
+                      base_parameters=parameters, cwd=args.cwd, timeout=args.timeout)
+        shown = [c for c in frame.columns if c not in ("output", "run_dir", "failed_source")]
+        print(frame[shown].to_string(index=False))
+        print(f"table: {os.path.join(args.out, 'sweep.csv')}")
+        return 0 if (frame["status"] == "ok").all() else 1
     output_dir = os.path.dirname(os.path.abspath(args.output))
     run = run_notebook(args.notebook, output_dir, parameters,
                        output_name=os.path.basename(args.output), cwd=args.cwd,

@@ -18,7 +18,24 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 RECORD_ENV = "DETLAB_RECORD_FILE"
+RUN_DIR_ENV = "DETLAB_RUN_DIR"
 RECORD_MIME = "application/vnd.detlab.record+json"
+
+
+def _register_tuple_translator() -> None:
+    """Make papermill write tuples as tuples (its Python translator turns them into strings,
+    and ``img_scale=(640, 480)`` must arrive as a tuple)."""
+    from papermill.translators import PythonTranslator, papermill_translators
+
+    class TupleAwareTranslator(PythonTranslator):
+        @classmethod
+        def translate(cls, val: Any) -> str:
+            if isinstance(val, tuple):
+                items = [cls.translate(v) for v in val]
+                return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
+            return super().translate(val)
+
+    papermill_translators.register("python", TupleAwareTranslator)
 
 
 def _json_safe(value: Any) -> Any:
@@ -86,7 +103,8 @@ class NotebookRun:
     records: dict[str, Any] = field(default_factory=dict)
     status: str = "ok"
     error: str | None = None
-    failed_cell: int | None = None
+    failed_cell: int | None = None       # execution count of the failing cell
+    failed_source: str | None = None     # its code
     duration: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -114,8 +132,10 @@ def run_notebook(notebook: str, output_dir: str, parameters: Mapping[str, Any] |
     if os.path.exists(record_file):
         os.remove(record_file)
     run = NotebookRun(os.path.abspath(notebook), os.path.abspath(output), dict(parameters or {}))
-    previous = os.environ.get(RECORD_ENV)
+    _register_tuple_translator()
+    previous = {key: os.environ.get(key) for key in (RECORD_ENV, RUN_DIR_ENV)}
     os.environ[RECORD_ENV] = record_file
+    os.environ[RUN_DIR_ENV] = os.path.abspath(output_dir)
     start = time.perf_counter()
     try:
         papermill.execute_notebook(notebook, output, parameters=run.parameters, cwd=cwd or ".",
@@ -124,6 +144,7 @@ def run_notebook(notebook: str, output_dir: str, parameters: Mapping[str, Any] |
     except Exception as err:  # PapermillExecutionError, a dead kernel, a timeout
         run.status, run.error = "failed", f"{type(err).__name__}: {err}"
         run.failed_cell = getattr(err, "exec_count", None)
+        run.failed_source = getattr(err, "source", None)
         if raise_on_error:
             raise
     finally:
@@ -131,14 +152,16 @@ def run_notebook(notebook: str, output_dir: str, parameters: Mapping[str, Any] |
         _restore_env(previous)
         run.records = read_records(record_file) or (
             records_from_notebook(output) if os.path.exists(output) else {})
+        write_capsule(run, output_dir, cwd or ".")
     return run
 
 
-def _restore_env(previous: str | None) -> None:
-    if previous is None:
-        os.environ.pop(RECORD_ENV, None)
-    else:
-        os.environ[RECORD_ENV] = previous
+def _restore_env(previous: Mapping[str, str | None]) -> None:
+    for key, value in previous.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def quickstart_overrides(cfg: Any, data_root: str, image_size: int | None = None,
@@ -158,3 +181,161 @@ def quickstart_overrides(cfg: Any, data_root: str, image_size: int | None = None
     if epochs is not None:
         options["runner.max_epochs"] = int(epochs)
     return options
+
+
+# --------------------------------------------------------------------------------------------
+# run capsules: everything needed to know what ran and to run it again
+# --------------------------------------------------------------------------------------------
+
+
+def file_digest(path: str, chunk: int = 1 << 20) -> str:
+    """The sha256 of a file, as ``sha256:<hex>``."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()
+
+
+def _git_commit(cwd: str) -> str | None:
+    import subprocess
+
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
+                              text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None if done.returncode == 0 else None
+
+
+def environment_facts(cwd: str = ".") -> dict[str, Any]:
+    """Python, torch, torchvision, CUDA, detlab versions and the git commit of ``cwd``."""
+    import platform
+    import sys
+
+    import torch
+    import torchvision
+
+    from detlab import __version__
+
+    return dict(python=sys.version.split()[0], platform=platform.platform(),
+                torch=torch.__version__, torchvision=torchvision.__version__,
+                cuda=torch.version.cuda if torch.cuda.is_available() else None,
+                detlab=__version__, git_commit=_git_commit(cwd))
+
+
+def reproduce_command(run: NotebookRun, cwd: str = ".") -> str:
+    """The ``detlab nb run`` command line that runs ``run`` again."""
+    import shlex
+
+    from detlab.config import _inline
+
+    parts = ["detlab", "nb", "run", run.notebook, run.output, "--cwd", os.path.abspath(cwd)]
+    for key, value in run.parameters.items():
+        parts += ["-p", key, value if isinstance(value, str) else _inline(value)]
+    return " ".join(shlex.quote(str(p)) for p in parts)
+
+
+def _checkpoints(run_dir: str, records: Mapping[str, Any]) -> dict[str, str]:
+    folders = {run_dir} | {str(v) for k, v in records.items()
+                           if k.endswith("work_dir") and isinstance(v, str) and os.path.isdir(v)}
+    found = {}
+    for folder in folders:
+        for root, _, files in os.walk(folder):
+            for name in files:
+                if name.endswith(".pth"):
+                    path = os.path.join(root, name)
+                    found[os.path.relpath(path, run_dir)] = file_digest(path)
+    return found
+
+
+def write_capsule(run: NotebookRun, run_dir: str, cwd: str = ".") -> str:
+    """Write ``run.json`` into ``run_dir``: the run record, environment facts, fingerprints of
+    the input files the notebook declared (:func:`record_config`), checkpoint hashes and the
+    command that reproduces the run. Returns its path."""
+    run_dir = os.path.abspath(run_dir)
+    capsule = dict(run.to_dict(), environment=environment_facts(cwd),
+                   inputs=run.records.get("inputs", {}),
+                   checkpoints=_checkpoints(run_dir, run.records),
+                   command=reproduce_command(run, cwd))
+    path = os.path.join(run_dir, "run.json")
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(_json_safe(capsule), f, indent=2)
+    os.replace(tmp, path)
+    return path
+
+
+def record_config(cfg: Any, name: str = "config.py") -> str | None:
+    """Inside a notebook run: save the resolved ``cfg`` into the run directory and record the
+    fingerprints of the annotation files it reads (``inputs``). Returns the saved path (None
+    outside a run)."""
+    run_dir = os.environ.get(RUN_DIR_ENV)
+    inputs = {}
+    for split in ("train", "val", "test"):
+        ann = cfg.get("data", {}).get(split, {}).get("ann_file")
+        root = cfg.get("data", {}).get(split, {}).get("data_root")
+        for path in [ann] if isinstance(ann, str) else list(ann or []):
+            full = os.path.join(root, path) if root and not os.path.isabs(path) else path
+            if os.path.isfile(full):
+                inputs[os.path.abspath(full)] = file_digest(full)
+    record("inputs", inputs)
+    if not run_dir:
+        return None
+    path = os.path.join(run_dir, name)
+    cfg.dump(path)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# sweeps
+# --------------------------------------------------------------------------------------------
+
+
+def grid_points(grid: Mapping[str, Any] | list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Every combination of a ``{name: [values]}`` grid (a scalar counts as one value), or the
+    list of parameter dicts as given."""
+    import itertools
+
+    if isinstance(grid, list):
+        return [dict(point) for point in grid]
+    names = list(grid)
+    values = [v if isinstance(v, list) else [v] for v in grid.values()]
+    return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*values)]
+
+
+def _slug(point: Mapping[str, Any]) -> str:
+    import re
+
+    text = "_".join(f"{k.split('.')[-1]}-{v}" for k, v in point.items())
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "", text)[:80] or "run"
+
+
+def sweep(notebook: str, grid: Mapping[str, Any] | list[Mapping[str, Any]], output_dir: str,
+          base_parameters: Mapping[str, Any] | None = None, cwd: str | None = None,
+          timeout: float | None = None, kernel_name: str | None = None):
+    """Run ``notebook`` for every point of ``grid`` (see :func:`grid_points`), each in its own
+    folder of ``output_dir``, and return a pandas DataFrame: one row a run, with its
+    parameters, what it recorded, ``status`` ('ok' / 'failed'), ``error``, ``failed_cell``
+    (its execution count; the injected parameters count as one) and ``failed_source``,
+    ``duration`` (s), ``output`` (the executed notebook) and ``run_dir``. A failing run (an
+    error in a cell, a dead kernel, a timeout) is a row, and the sweep goes on."""
+    import pandas as pd
+
+    rows = []
+    for i, point in enumerate(grid_points(grid)):
+        run_dir = os.path.join(output_dir, f"run_{i:03d}_{_slug(point)}")
+        parameters = dict(base_parameters or {}, **point)
+        run = run_notebook(notebook, run_dir, parameters, cwd=cwd, timeout=timeout,
+                           kernel_name=kernel_name, raise_on_error=False)
+        row = dict(point)
+        row.update({k: v for k, v in run.records.items() if k not in point})
+        row.update(status=run.status, error=run.error, failed_cell=run.failed_cell,
+                   failed_source=run.failed_source, duration=run.duration, output=run.output,
+                   run_dir=os.path.abspath(run_dir))
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    frame.to_csv(os.path.join(output_dir, "sweep.csv"), index=False)
+    return frame

@@ -9,6 +9,7 @@ priority (lower number first), as in MMDetection: LR schedule (VERY_HIGH), optim
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import time
@@ -386,7 +387,10 @@ class EvalHook(Hook):
 
         trainer.call_hook("before_val_epoch")
         results = single_gpu_test(trainer.model, self.dataloader, progress=trainer.progress)
-        metrics = self.dataloader.dataset.evaluate(results, **self.eval_kwargs)
+        kwargs = dict(self.eval_kwargs)
+        if "logger" in inspect.signature(self.dataloader.dataset.evaluate).parameters:
+            kwargs.setdefault("logger", trainer.logger)  # per-class tables go to the log
+        metrics = self.dataloader.dataset.evaluate(results, **kwargs)
         trainer.val_outputs = {k: v for k, v in metrics.items()
                                if isinstance(v, (int, float)) and not isinstance(v, bool)}
         trainer.logger.info("epoch %d evaluation: %s", epoch, ", ".join(

@@ -126,7 +126,7 @@ def format_results(dataset: Any, results: Sequence[DetResult], jsonfile_prefix: 
 
     if len(results) != len(dataset):
         raise ValueError(f"{len(results)} results for a dataset of {len(dataset)} images")
-    img_ids = [int(info["id"]) for info in dataset.data_infos]
+    img_ids = dataset.coco_image_ids()
     paths = {"bbox": dump_results(results, img_ids, dataset.cat_ids,
                                   f"{jsonfile_prefix}.bbox.json")}
     if any(r.masks is not None for r in results):

@@ -28,7 +28,8 @@ def test_quickstart_runs_headless(tmp_path):
         num_val=4, image_size=64, seed=0), timeout=600)
     assert run.status == "ok", run.error
     records = run.records
-    assert set(records) >= {"bbox_mAP", "bbox_mAP_50", "bbox_mAP_75", "train_seconds"}
+    assert set(records) >= {"bbox_mAP", "bbox_mAP_50", "bbox_mAP_75", "train_seconds",
+                            "inputs", "work_dir"}
     assert 0.0 <= records["bbox_mAP"] <= 1.0 and records["train_seconds"] > 0
     assert records_from_notebook(run.output) == records  # the executed notebook keeps them
     with open(work_dir / "metrics.json") as f:
@@ -40,3 +41,8 @@ def test_quickstart_runs_headless(tmp_path):
     images = [o for c in executed["cells"] for o in c.get("outputs", [])
               if "image/png" in o.get("data", {})]
     assert len(images) >= 4  # samples, curves, predictions, the DetResult itself
+    capsule = json.loads((tmp_path / "run.json").read_text())
+    assert len(capsule["inputs"]) == 2 and all(v.startswith("sha256:")
+                                               for v in capsule["inputs"].values())
+    assert any(name.endswith("latest.pth") for name in capsule["checkpoints"])
+    assert (tmp_path / "config.py").exists() and "epochs 2" in capsule["command"]

@@ -1,0 +1,59 @@
+"""run_notebook / record / sweep: parameters (tuples included), records, failures, capsules."""
+
+import json
+
+import nbformat
+import pytest
+
+from detlab.notebooks import grid_points, run_notebook, sweep
+
+
+def tiny_notebook(path):
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell("a = 1\nscale = (1, 2)\nfail = False\ncfg_options = {}")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(
+        "from detlab.notebooks import record\n"
+        "record('a2', a * 2)\n"
+        "record('scale_type', type(scale).__name__)\n"
+        "record('options', cfg_options)\n"
+        "assert not fail, 'asked to fail'")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nbformat.write(nb, str(path))
+    return str(path)
+
+
+def test_grid_points():
+    assert grid_points({"a": [1, 2], "b": "x"}) == [{"a": 1, "b": "x"}, {"a": 2, "b": "x"}]
+    assert grid_points([{"a": 1}, {"a": 5}]) == [{"a": 1}, {"a": 5}]
+
+
+@pytest.mark.slow
+def test_run_keeps_tuples_and_records_and_writes_a_capsule(tmp_path):
+    notebook = tiny_notebook(tmp_path / "tiny.ipynb")
+    run = run_notebook(notebook, str(tmp_path / "out"), dict(
+        a=3, scale=(640, 480), cfg_options={"optimizer.lr": 0.01, "data.img_scale": (1, 2)}))
+    assert run.status == "ok"
+    assert run.records == {"a2": 6, "scale_type": "tuple",
+                           "options": {"optimizer.lr": 0.01, "data.img_scale": [1, 2]}}
+    capsule = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert capsule["environment"]["torch"] and capsule["environment"]["detlab"]
+    assert capsule["command"].startswith("detlab nb run ") and "'(640, 480)'" in capsule["command"]
+    assert capsule["records"]["a2"] == 6
+
+
+@pytest.mark.slow
+def test_sweep_goes_on_after_a_failing_run(tmp_path):
+    notebook = tiny_notebook(tmp_path / "tiny.ipynb")
+    frame = sweep(notebook, {"a": [1, 2], "fail": [False, True]}, str(tmp_path / "sweep"))
+    assert len(frame) == 4 and list(frame["status"]) == ["ok", "failed", "ok", "failed"]
+    ok = frame[frame.status == "ok"]
+    assert list(ok["a2"]) == [2, 4] and ok["error"].isna().all()
+    failed = frame[frame.status == "failed"]
+    assert failed["error"].str.contains("asked to fail").all()
+    assert (failed["failed_cell"] == 3).all()  # after the parameters and injected cells
+    assert failed["failed_source"].str.contains("assert not fail").all()
+    assert (tmp_path / "sweep" / "sweep.csv").exists()
+    for run_dir in frame["run_dir"]:
+        assert json.loads(open(f"{run_dir}/run.json").read())["parameters"]
