@@ -279,6 +279,79 @@ def _run_nb(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_convert(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "convert", help="convert datasets between VOC, YOLO, Cityscapes and COCO",
+        description="Convert a dataset's annotations (MMDetection's dataset_converters).")
+    formats = parser.add_subparsers(dest="conversion", metavar="CONVERSION")
+    formats.required = True
+    voc = formats.add_parser("voc2coco", help="a VOCdevkit -> COCO jsons")
+    voc.add_argument("devkit_root", help="folder holding VOC2007/ and/or VOC2012/")
+    voc.add_argument("out_dir")
+    voc.add_argument("--years", nargs="+", default=["2007"], help="2007 2012 or 2007+2012")
+    voc.add_argument("--splits", nargs="+", default=["train", "val", "test"])
+    yolo = formats.add_parser("yolo2coco", help="a YOLO images/labels tree -> COCO jsons")
+    yolo.add_argument("source", help="the data yaml, or the root of images/ and labels/")
+    yolo.add_argument("out_dir")
+    yolo.add_argument("--splits", nargs="+", default=["train", "val", "test"])
+    coco = formats.add_parser("coco2yolo", help="a COCO json + images -> a YOLO tree")
+    coco.add_argument("ann_file")
+    coco.add_argument("img_prefix", help="folder of the images")
+    coco.add_argument("out_dir")
+    coco.add_argument("--copy-images", choices=("no", "copy", "symlink"), default="no")
+    coco.add_argument("--split", help="name of the split folder (default: from the json name)")
+    city = formats.add_parser("cityscapes2coco", help="Cityscapes gtFine -> COCO jsons")
+    city.add_argument("cityscapes_root")
+    city.add_argument("out_dir")
+    city.add_argument("--splits", nargs="+", default=["train", "val"])
+    city.add_argument("--mask-format", choices=("rle", "polygon"), default="rle")
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    from detlab.data import converters
+
+    if args.conversion == "voc2coco":
+        years = [tuple(y.split("+")) if "+" in y else y for y in args.years]
+        written = converters.voc2coco(args.devkit_root, args.out_dir, years, args.splits)
+    elif args.conversion == "yolo2coco":
+        written = converters.yolo2coco(args.source, args.out_dir, args.splits)
+    elif args.conversion == "coco2yolo":
+        copy = {"no": False, "copy": True, "symlink": "symlink"}[args.copy_images]
+        written = {"data.yaml": converters.coco2yolo(args.ann_file, args.img_prefix,
+                                                     args.out_dir, copy, split=args.split)}
+    else:
+        written = converters.cityscapes2coco(args.cityscapes_root, args.out_dir, args.splits,
+                                             mask_format=args.mask_format)
+    for name, path in written.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def _add_check_dataset(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "check-dataset", help="a preflight report on a dataset before a long run",
+        description="Find what is wrong with a dataset (missing images, bad boxes, class "
+                    "mismatches ...) before training on it.")
+    parser.add_argument("source", help="a config, or a COCO annotation file")
+    parser.add_argument("--img-prefix", help="image folder (with an annotation file)")
+    parser.add_argument("--split", default="train", help="data.<split> of a config")
+    parser.add_argument("--no-images", action="store_true", help="do not open the images")
+    parser.add_argument("--out", help="also save the findings as a CSV file")
+    _add_cfg_options(parser)
+
+
+def _run_check_dataset(args: argparse.Namespace) -> int:
+    from detlab.data.checks import check_dataset, format_report
+
+    findings = check_dataset(args.source, img_prefix=args.img_prefix, split=args.split,
+                             cfg_options=args.cfg_options, check_images=not args.no_images)
+    print(format_report(findings))
+    if args.out:
+        findings.to_csv(args.out, index=False)
+        print(f"findings: {args.out}")
+    return 1 if (findings["severity"] == "error").any() else 0
+
+
 VERBS = {
     "print-config": (_add_print_config, _run_print_config),
     "train": (_add_train, _run_train),
@@ -287,6 +360,8 @@ VERBS = {
     "nb": (_add_nb, _run_nb),
     "eval-metric": (_add_eval_metric, _run_eval_metric),
     "analyze-logs": (_add_analyze_logs, _run_analyze_logs),
+    "convert": (_add_convert, _run_convert),
+    "check-dataset": (_add_check_dataset, _run_check_dataset),
 }
 
 

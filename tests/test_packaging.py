@@ -98,3 +98,12 @@ def test_import_detlab_loads_no_heavy_package():
 def test_public_api_resolves():
     for name in detlab.__all__:
         assert getattr(detlab, name) is not None
+
+
+def test_subpackage_exports_resolve():
+    import detlab.evaluation
+    import detlab.viz
+
+    for module in (detlab.evaluation, detlab.viz):
+        for name in module.__all__:
+            assert callable(getattr(module, name)), f"{module.__name__}.{name}"

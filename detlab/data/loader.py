@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from detlab.data.masks import masks_to_bool_tensor
 from detlab.engine.dist import get_dist_info
 from detlab.structures import Batch
 
@@ -46,7 +47,40 @@ def _image_of(sample: dict[str, Any], index: int) -> torch.Tensor:
     return img
 
 
-def _target_of(sample: dict[str, Any]) -> dict[str, torch.Tensor]:
+def _pad_planes(planes: torch.Tensor, shape: tuple[int, int], value: int,
+                index: int, what: str) -> torch.Tensor:
+    """``(k, h, w)`` planes padded at the bottom and right to ``shape`` ``(H, W)``."""
+    h, w = planes.shape[-2:]
+    if h > shape[0] or w > shape[1]:
+        raise ValueError(f"sample {index} has {what} of {h} x {w}, larger than its batch's "
+                         f"images ({shape[0]} x {shape[1]}); pad or resize the {what} with "
+                         "the image (Resize / Pad handle mask_fields and seg_fields)")
+    out = planes.new_full((planes.shape[0], *shape), value)
+    out[:, :h, :w] = planes
+    return out
+
+
+def _masks_of(sample: dict[str, Any], shape: tuple[int, int], index: int) -> torch.Tensor:
+    """``(n, H, W)`` bool masks of a sample (mask objects, arrays or tensors)."""
+    masks = masks_to_bool_tensor(sample["gt_masks"])
+    if masks.ndim != 3:
+        raise ValueError(f"sample {index} has gt_masks of shape {tuple(masks.shape)}; "
+                         "expected (n, h, w)")
+    return _pad_planes(masks, shape, False, index, "masks")
+
+
+def _semantic_seg_of(sample: dict[str, Any], shape: tuple[int, int], index: int
+                     ) -> torch.Tensor:
+    """``(H, W)`` int64 semantic map padded with 255 (ignored)."""
+    seg = torch.as_tensor(np.asarray(sample["gt_semantic_seg"])
+                          if not isinstance(sample["gt_semantic_seg"], torch.Tensor)
+                          else sample["gt_semantic_seg"])
+    seg = seg.reshape(-1, *seg.shape[-2:])[:1].to(torch.int64)
+    return _pad_planes(seg, shape, 255, index, "semantic maps")[0]
+
+
+def _target_of(sample: dict[str, Any], shape: tuple[int, int], index: int
+               ) -> dict[str, torch.Tensor]:
     """The ground truth of a training sample, ``{}`` for a test sample."""
     if "gt_bboxes" not in sample:
         return {}
@@ -55,8 +89,13 @@ def _target_of(sample: dict[str, Any]) -> dict[str, torch.Tensor]:
     ignore = sample.get("gt_bboxes_ignore", torch.zeros(0, 4))
     target = dict(boxes=boxes, labels=torch.as_tensor(labels, dtype=torch.int64).reshape(-1),
                   boxes_ignore=torch.as_tensor(ignore, dtype=torch.float32).reshape(-1, 4))
-    if "gt_masks" in sample:
-        target["masks"] = sample["gt_masks"]
+    if sample.get("gt_masks") is not None:
+        target["masks"] = _masks_of(sample, shape, index)
+        if len(target["masks"]) != len(boxes):
+            raise ValueError(f"sample {index} has {len(boxes)} boxes but "
+                             f"{len(target['masks'])} masks")
+    if sample.get("gt_semantic_seg") is not None:
+        target["semantic_seg"] = _semantic_seg_of(sample, shape, index)
     return target
 
 
@@ -64,7 +103,7 @@ def _collate_one(samples: Sequence[dict[str, Any]]) -> Batch:
     images = pad_images([_image_of(s, i) for i, s in enumerate(samples)])
     shape = tuple(images.shape[-2:])
     metas = [dict(s["img_metas"], batch_input_shape=shape) for s in samples]
-    return Batch(images, [_target_of(s) for s in samples], metas)
+    return Batch(images, [_target_of(s, shape, i) for i, s in enumerate(samples)], metas)
 
 
 def collate(samples: Sequence[dict[str, Any]]) -> Batch | list[Batch]:
@@ -72,8 +111,11 @@ def collate(samples: Sequence[dict[str, Any]]) -> Batch | list[Batch]:
 
     ``images`` are padded at the bottom and right to the largest height and width; ``targets``
     hold ``boxes`` (float32 xyxy), ``labels`` (int64), ``boxes_ignore`` (``(k, 4)``, maybe
-    empty) for training samples and are ``{}`` for test samples; ``metas`` are the
-    ``img_metas`` plus ``batch_input_shape`` ``(H, W)``.
+    empty) for training samples -- plus ``masks`` (``(n, H, W)`` bool, one per box, padded
+    with False to the batch's ``H x W``) when the sample has ``gt_masks`` (mask objects,
+    arrays or tensors) and ``semantic_seg`` (``(H, W)`` int64, padded with 255) when it has
+    ``gt_semantic_seg`` -- and are ``{}`` for test samples; ``metas`` are the ``img_metas``
+    plus ``batch_input_shape`` ``(H, W)``.
 
     Samples of ``MultiScaleFlipAug`` (each key a list over augmentations) give a Batch when
     there is one augmentation, else a list of Batch, one per augmentation.

@@ -1,5 +1,35 @@
-"""Evaluation: COCO metrics (pycocotools-backed), named as MMDetection 2.x names them."""
+"""Evaluation: COCO metrics (a vectorized engine identical to pycocotools), Pascal VOC metrics,
+and every detection accounted for -- the match table, COCO and TIDE error analysis, confusion
+matrices, PR and F1 curves, per-image rankings and run comparisons. Names follow MMDetection 2.x.
 
-from detlab.evaluation.coco import coco_evaluate, dump_results, results_to_coco
+Heavy packages (pandas, pycocotools) load when a function needs them.
+"""
 
-__all__ = ["coco_evaluate", "dump_results", "results_to_coco"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "coco_evaluate": "coco", "dump_results": "coco", "results_to_coco": "coco",
+    "eval_map": "voc", "eval_recalls": "voc", "average_precision": "voc",
+    "bbox_overlaps": "voc", "map_table": "voc",
+    "match_detections": "matching",
+    "tide_errors": "errors", "tide_errors_per_class": "errors",
+    "coco_error_analysis": "errors",
+    "confusion_matrix": "confusion",
+    "pr_curves": "curves", "threshold_curves": "curves", "class_average_precision": "curves",
+    "mean_average_precision": "curves", "image_ranking": "curves",
+    "compare_runs": "compare",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'detlab.evaluation' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"detlab.evaluation.{module}"), name)
+    globals()[name] = value
+    return value

@@ -9,9 +9,12 @@ import pytest
 from PIL import Image
 
 from detlab.config import Config
-from detlab.data import CocoDataset, build_dataset, make_shapes_dataset
+from detlab.data import CocoDataset, CustomDataset, build_dataset, make_shapes_dataset
 from detlab.registry import BuildArgumentError
 from detlab.structures import DetResult
+
+# the fixture's annotation 6 lies outside its image on purpose (MMDetection drops it)
+pytestmark = pytest.mark.filterwarnings("ignore:.*reach more than a pixel past:UserWarning")
 
 CATEGORIES = [dict(id=3, name="cat"), dict(id=7, name="dog"), dict(id=9, name="bird")]
 IMAGES = [
@@ -259,3 +262,96 @@ def test_build_dataset_errors_name_the_config_path(tmp_path):
         build_dataset(cfg, _path="data.train")
     with pytest.raises(BuildArgumentError, match=r"img_prefx.*data\.train.*img_prefix"):
         build_dataset(dict(cfg, pipeline=[], img_prefx="x"), _path="data.train")
+
+
+# --------------------------------------------------------------------------------------------
+# the COCO export, concatenation and metrics against pycocotools
+# --------------------------------------------------------------------------------------------
+
+
+def _cocoeval_stats(gt, results, img_ids, cat_ids):
+    """COCOeval's 12 numbers for ``results`` on ``gt`` (a path or a dict), run directly."""
+    import copy
+    import os
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    if isinstance(gt, (str, os.PathLike)):
+        gt = json.loads(open(gt).read())
+    coco = COCO()
+    coco.dataset = copy.deepcopy(gt)
+    coco.createIndex()
+    rows = [row for r, i in zip(results, img_ids, strict=True) for row in r.to_coco(i, cat_ids)]
+    evaluator = COCOeval(coco, coco.loadRes(rows), "bbox")
+    evaluator.evaluate()
+    evaluator.accumulate()
+    evaluator.summarize()
+    return evaluator.stats
+
+
+def test_to_coco_keeps_the_file_ids_and_what_training_sees(coco_file):
+    coco = _dataset(coco_file, classes=["dog", "cat"], test_mode=True).to_coco()
+    assert [c["id"] for c in coco["categories"]] == [7, 3]
+    assert [im["id"] for im in coco["images"]] == [10, 20, 30, 40, 50]
+    assert coco["images"][0] == dict(id=10, file_name="a.png", width=100, height=80)
+    # kept: 1 (cat), 2 (dog), 3 (a crowd of dogs), 9 (a crowd of cats); dropped: tiny,
+    # no area, outside, ignore=True, and birds
+    assert [a["id"] for a in coco["annotations"]] == [1, 2, 3, 9]
+    assert [a["iscrowd"] for a in coco["annotations"]] == [0, 0, 1, 1]
+    assert coco["annotations"][0]["segmentation"] == [[10, 20, 40, 20, 40, 60]]
+    assert coco["annotations"][1]["bbox"] == [0.5, 1.5, 20, 10]
+
+
+def test_evaluate_equals_cocoeval_on_the_file_and_on_to_coco(tmp_path):
+    paths = make_shapes_dataset(tmp_path, num_train=1, num_val=4, image_size=64, seed=3)
+    ds = CocoDataset(paths["val_ann_file"], pipeline=[], test_mode=True)
+    results = []
+    for i in range(len(ds)):
+        ann = ds.get_ann_info(i)
+        boxes = ann["bboxes"] + np.float32(i)  # worse and worse
+        scores = np.linspace(0.9, 0.3, len(boxes))
+        results.append(DetResult(boxes[:-1] if i == 2 else boxes, scores[:len(boxes) - (i == 2)],
+                                 ann["labels"][:len(boxes) - (i == 2)]))
+    metrics = ds.evaluate(results)
+    on_file = _cocoeval_stats(paths["val_ann_file"], results, ds.img_ids, ds.cat_ids)
+    on_export = _cocoeval_stats(ds.to_coco(), results, ds.img_ids, ds.cat_ids)
+    assert 0 < metrics["bbox_mAP"] < 1
+    np.testing.assert_allclose(metrics["stats"], on_file)
+    np.testing.assert_allclose(on_export, on_file)
+    generic = CustomDataset.evaluate(ds, results, metric="bbox")  # through to_coco()
+    assert generic["bbox_mAP"] == pytest.approx(metrics["bbox_mAP"])
+    voc = CustomDataset.evaluate(ds, results, metric="mAP", logger="silent")
+    assert 0 < voc["mAP"] < 1
+
+
+def test_a_list_of_annotation_files_is_a_concatenation(tmp_path):
+    paths = make_shapes_dataset(tmp_path, num_train=3, num_val=2, image_size=64)
+    cfg = dict(type="CocoDataset", ann_file=[paths["train_ann_file"], paths["val_ann_file"]],
+               img_prefix=[paths["train_img_prefix"], paths["val_img_prefix"]], pipeline=[])
+    ds = build_dataset(cfg, dict(test_mode=True))
+    assert len(ds) == 5 and ds.separate_eval and ds.CLASSES == ds.datasets[0].CLASSES
+    assert [d.img_prefix for d in ds.datasets] == [paths["train_img_prefix"],
+                                                   paths["val_img_prefix"]]
+    results = [DetResult(ds.get_ann_info(i)["bboxes"], np.ones(len(ds.get_ann_info(i)[
+        "labels"])), ds.get_ann_info(i)["labels"]) for i in range(len(ds))]
+    metrics = ds.evaluate(results)
+    assert metrics["0_bbox_mAP"] == pytest.approx(1.0)
+    assert metrics["1_bbox_mAP"] == pytest.approx(1.0)
+    whole = build_dataset(dict(cfg, separate_eval=False), dict(test_mode=True))
+    assert whole.evaluate(results, metric="bbox")["bbox_mAP"] == pytest.approx(1.0)
+
+
+def test_filter_empty_gt_only_in_training_and_independent_of_classes(coco_file):
+    assert len(_dataset(coco_file, classes=["bird"], test_mode=True)) == 5
+    assert _dataset(coco_file, classes=["bird"], filter_empty_gt=False).img_ids == [10, 20, 40,
+                                                                                    50]
+
+
+def test_jsonfile_prefix_writes_the_results(tmp_path):
+    paths = make_shapes_dataset(tmp_path, num_train=1, num_val=2, image_size=64)
+    ds = CocoDataset(paths["val_ann_file"], pipeline=[], test_mode=True)
+    results = [DetResult([[1, 1, 9, 9]], [0.5], [0]) for _ in range(len(ds))]
+    ds.evaluate(results, jsonfile_prefix=str(tmp_path / "out" / "run"))
+    rows = json.loads((tmp_path / "out" / "run.bbox.json").read_text())
+    assert [r["image_id"] for r in rows] == ds.img_ids and rows[0]["bbox"] == [1, 1, 8, 8]

@@ -98,8 +98,8 @@ def test_load_annotations(sample):
     assert sample["gt_bboxes"] is not sample["ann_info"]["bboxes"]  # a copy to transform
     with pytest.raises(KeyError, match="test_mode"):
         LoadAnnotations()(dict(img_info={}, bbox_fields=[]))
-    with pytest.raises(NotImplementedError, match="masks"):
-        LoadAnnotations(with_mask=True)
+    with pytest.raises(KeyError, match="no 'masks'"):
+        LoadAnnotations(with_mask=True)(dict(sample, ann_info=dict(bboxes=[], labels=[])))
 
 
 # ---- Resize ---------------------------------------------------------------------------------

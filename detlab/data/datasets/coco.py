@@ -11,25 +11,31 @@ import contextlib
 import io
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from detlab.data.datasets.custom import CustomDataset
+from detlab.data.datasets.export import as_det_results
 from detlab.registry import DATASETS
-from detlab.structures import DetResult
 
 METRICS = ("bbox", "segm", "proposal")
 _IMAGE_KEYS = ("id", "file_name", "width", "height")
 
 
 def _read_json(path: str) -> dict:
+    if os.path.isdir(path):
+        raise ValueError(f"annotation file {path!r} is a folder; CocoDataset reads a COCO json")
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except json.JSONDecodeError as err:
         raise ValueError(f"annotation file {path!r} is not valid JSON: {err}") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"annotation file {path!r} is not valid JSON (not UTF-8 text: "
+                         f"{err.reason} at byte {err.start})") from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
             or not isinstance(data.get("categories"), list):
         raise ValueError(f"annotation file {path!r} is not a COCO detection file: it needs "
@@ -86,6 +92,50 @@ def _as_boxes(anns: Sequence[dict], where: str) -> np.ndarray:
     return boxes
 
 
+def _box_problems(data: dict) -> tuple[list[tuple], list[tuple]]:
+    """``(image id, annotation id, bbox)`` of the boxes with a negative or non-finite size, and
+    of those reaching more than a pixel past their image (``[x1, y1, x2, y2]`` written where
+    COCO wants ``[x, y, w, h]`` looks like this). Malformed boxes are left to
+    ``get_ann_info``, which names them."""
+    sizes = {image["id"]: (image["width"], image["height"]) for image in data["images"]}
+    anns = [a for a in data["annotations"] if isinstance(a.get("bbox"), (list, tuple))
+            and len(a["bbox"]) == 4 and all(isinstance(v, (int, float)) for v in a["bbox"])]
+    if not anns:
+        return [], []
+    boxes = np.array([a["bbox"] for a in anns], dtype=np.float64)  # (M, 4) xywh
+    limits = np.array([sizes[a["image_id"]] for a in anns], dtype=np.float64)  # (M, 2)
+    negative = ~np.isfinite(boxes).all(axis=1) | (boxes[:, 2] < 0) | (boxes[:, 3] < 0)
+    past = ~negative & ((boxes[:, :2] + boxes[:, 2:] > limits + 1).any(axis=1))
+
+    def described(mask: np.ndarray) -> list[tuple]:
+        return [(anns[i]["image_id"], anns[i].get("id"), anns[i]["bbox"])
+                for i in np.flatnonzero(mask)]
+
+    return described(negative), described(past)
+
+
+def _warn_box_problems(data: dict, path: str) -> None:
+    """Warn (once per file, counted) about boxes that cannot be ``[x, y, w, h]`` and about
+    annotations of categories the file does not define (both are skipped)."""
+    negative, past = _box_problems(data)
+    first = "image id {}, annotation id {}, bbox {}"
+    known = {cat.get("id") for cat in data["categories"]}
+    strays = [a for a in data["annotations"] if a.get("category_id") not in known]
+    if strays:
+        warnings.warn(f"{path!r}: {len(strays)} annotations have a category_id that is not in "
+                      f"'categories' and are skipped (first: image id {strays[0].get('image_id')}"
+                      f", annotation id {strays[0].get('id')}, category_id "
+                      f"{strays[0].get('category_id')!r})", UserWarning, stacklevel=5)
+    if negative:
+        warnings.warn(f"{path!r}: {len(negative)} boxes have a negative or non-finite width or "
+                      f"height and are skipped (first: {first.format(*negative[0])}); COCO "
+                      "boxes are [x, y, w, h]", UserWarning, stacklevel=5)
+    if past:
+        warnings.warn(f"{path!r}: {len(past)} boxes reach more than a pixel past their image "
+                      f"(first: {first.format(*past[0])}); are they [x1, y1, x2, y2] instead of "
+                      "COCO's [x, y, w, h]?", UserWarning, stacklevel=5)
+
+
 @DATASETS.register_module()
 class CocoDataset(CustomDataset):
     """A COCO-format detection dataset.
@@ -93,12 +143,18 @@ class CocoDataset(CustomDataset):
     ``CLASSES`` are the file's category names (in file order), or ``classes`` to use a subset in
     the given order. Images and annotations are read through pycocotools (``self.coco``).
     The arguments are :class:`CustomDataset`'s.
+
+    Boxes MMDetection 2.x skips are skipped (see :meth:`_kept`); those that cannot be
+    ``[x, y, w, h]`` (a negative size), that reach past their image (xyxy written as xywh?) and
+    annotations of undefined categories are reported at loading, counted, in one warning each.
+    ``to_coco`` keeps the file's ids; ``evaluate`` scores against the file itself.
     """
 
     def load_annotations(self, ann_file: str) -> list[dict]:
         """Index ``ann_file``; sets ``coco``, ``CLASSES``, ``cat_ids``, ``cat2label``,
         ``img_ids``; the image dicts with ``filename`` = ``file_name``."""
         self.coco = load_coco(ann_file)
+        _warn_box_problems(self.coco.dataset, ann_file)
         self.cat_ids = self._resolve_cat_ids(ann_file)
         self.cat2label = {cat_id: label for label, cat_id in enumerate(self.cat_ids)}
         self.img_ids = list(self.coco.getImgIds())
@@ -123,9 +179,13 @@ class CocoDataset(CustomDataset):
         with_classes = set()
         for cat_id in self.cat_ids:
             with_classes.update(self.coco.catToImgs.get(cat_id, ()))
-        keep = [i for i, info in enumerate(self.data_infos)
-                if min(info["width"], info["height"]) >= min_size
-                and (not self.filter_empty_gt or self.img_ids[i] in with_classes)]
+        sizes_ok = self._image_sizes_ok(min_size)
+        has_gt = np.array([not self.filter_empty_gt or i in with_classes for i in self.img_ids],
+                          dtype=bool).reshape(-1)
+        self.filter_stats = dict(images=len(sizes_ok), too_small=int((~sizes_ok).sum()),
+                                 no_annotations=int((sizes_ok & ~has_gt).sum()),
+                                 min_size=min_size)
+        keep = np.flatnonzero(sizes_ok & has_gt).tolist()
         self.img_ids = [self.img_ids[i] for i in keep]
         return keep
 
@@ -142,9 +202,11 @@ class CocoDataset(CustomDataset):
         anns = self.coco.imgToAnns.get(self.data_infos[idx]["id"], [])
         return [ann["category_id"] for ann in anns]
 
-    def _parse_ann_info(self, info: dict, anns: Sequence[dict]) -> dict[str, Any]:
-        """Keep the boxes MMDetection 2.x keeps: inside the image, ``w, h >= 1``, area > 0,
-        a chosen category, not ``ignore``; crowd ones go to ``bboxes_ignore``."""
+    def _kept(self, info: dict, anns: Sequence[dict]) -> tuple[np.ndarray, np.ndarray,
+                                                                np.ndarray, np.ndarray]:
+        """``(n, 4)`` xyxy boxes and ``(n,)`` category ids of ``anns``, and the indices of
+        those MMDetection 2.x keeps as normal boxes and as ignored (crowd) boxes: inside the
+        image, ``w, h >= 1``, area > 0, a chosen category, not ``ignore``."""
         where = f"{self.ann_file!r}, image id {info['id']}"
         xywh = _as_boxes(anns, where)
         # a missing area counts as the box's, rather than failing as MMDetection does
@@ -159,7 +221,11 @@ class CocoDataset(CustomDataset):
         inter_h = np.minimum(xyxy[:, 3], info["height"]) - np.maximum(xyxy[:, 1], 0)
         valid = ((inter_w > 0) & (inter_h > 0) & (area > 0) & (xywh[:, 2] >= 1)
                  & (xywh[:, 3] >= 1) & np.isin(cats, self.cat_ids) & ~ignore)
-        keep, keep_ignore = np.flatnonzero(valid & ~crowd), np.flatnonzero(valid & crowd)
+        return xyxy, cats, np.flatnonzero(valid & ~crowd), np.flatnonzero(valid & crowd)
+
+    def _parse_ann_info(self, info: dict, anns: Sequence[dict]) -> dict[str, Any]:
+        """The kept boxes (see :meth:`_kept`); crowd ones go to ``bboxes_ignore``."""
+        xyxy, cats, keep, keep_ignore = self._kept(info, anns)
         return dict(bboxes=xyxy[keep].reshape(-1, 4), labels=self._labels_of(cats[keep]),
                     bboxes_ignore=xyxy[keep_ignore].reshape(-1, 4),
                     masks=[anns[i].get("segmentation") for i in keep],
@@ -171,23 +237,57 @@ class CocoDataset(CustomDataset):
         order = np.argsort(known)
         return order[np.searchsorted(known[order], cat_ids)].astype(np.int64)
 
+    def coco_image_ids(self) -> list[int]:
+        """The file's image id of each image."""
+        return list(self.img_ids)
+
+    def to_coco(self) -> dict[str, Any]:
+        """The dataset as a COCO dict with the file's own image, category and annotation ids:
+        the images of the dataset, the categories of ``CLASSES`` (in that order) and the
+        annotations :meth:`get_ann_info` keeps (crowds as ``iscrowd=1``), each with its
+        ``bbox``, ``area`` and ``segmentation`` from the file."""
+        images, annotations = [], []
+        for info in self.data_infos:
+            images.append({k: v for k, v in info.items() if k != "filename"})
+            anns = self.coco.imgToAnns.get(info["id"], [])
+            _, _, keep, keep_ignore = self._kept(info, anns)
+            for i in np.concatenate([keep, keep_ignore]).tolist():
+                ann = anns[i]
+                row = dict(id=ann["id"], image_id=ann["image_id"],
+                           category_id=ann["category_id"], bbox=list(ann["bbox"]),
+                           area=float(ann.get("area", ann["bbox"][2] * ann["bbox"][3])),
+                           iscrowd=int(bool(ann.get("iscrowd", 0))))
+                if ann.get("segmentation") is not None:
+                    row["segmentation"] = ann["segmentation"]
+                annotations.append(row)
+        cats = {cat["id"]: cat for cat in self.coco.dataset["categories"]}
+        return dict(info=dict(self.coco.dataset.get("info") or {}), licenses=list(
+            self.coco.dataset.get("licenses") or []), images=images, annotations=annotations,
+            categories=[dict(cats[c]) for c in self.cat_ids])
+
     def evaluate(self, results: Sequence[Any], metric: str | Sequence[str] = "bbox",
-                 classwise: bool = False, iou_thrs: Sequence[float] | None = None,
-                 proposal_nums: Sequence[int] = (100, 300, 1000),
-                 metric_items: str | Sequence[str] | None = None,
-                 logger: Any = None) -> dict[str, Any]:
-        """COCO metrics of ``results`` (one ``DetResult`` per image, in dataset order).
+                 logger: Any = None, jsonfile_prefix: str | None = None,
+                 classwise: bool = False, proposal_nums: Sequence[int] = (100, 300, 1000),
+                 iou_thrs: Sequence[float] | None = None,
+                 metric_items: str | Sequence[str] | None = None) -> dict[str, Any]:
+        """COCO metrics of ``results`` (one ``DetResult`` per image, in dataset order) against
+        the annotation file as it is (``self.coco``).
 
         ``metric`` is ``'bbox'``, ``'segm'``, ``'proposal'`` or a list of them; the other
-        arguments are MMDetection 2.x's and go to :func:`detlab.evaluation.coco.coco_evaluate`.
+        arguments are MMDetection 2.x's and go to :func:`detlab.evaluation.coco.coco_evaluate`;
+        ``jsonfile_prefix`` also writes the results to ``{prefix}.bbox.json``.
         """
         metrics = [metric] if isinstance(metric, str) else list(metric)
         bad = [m for m in metrics if m not in METRICS]
         if bad:
             raise ValueError(f"metric {bad[0]!r} is not supported; choose from {METRICS}")
-        self._check_results(results)
+        results = as_det_results(results, len(self), self.CLASSES)
         from detlab.evaluation.coco import coco_evaluate
 
+        if jsonfile_prefix is not None:
+            from detlab.evaluation.coco import dump_results
+
+            dump_results(results, self.img_ids, self.cat_ids, f"{jsonfile_prefix}.bbox.json")
         out: dict[str, Any] = {}
         for name in metrics:
             metrics_of = coco_evaluate(
@@ -199,13 +299,3 @@ class CocoDataset(CustomDataset):
             out.update({(f"{name}_{key}" if key in out else key): value
                         for key, value in metrics_of.items()})
         return out
-
-    def _check_results(self, results: Sequence[Any]) -> None:
-        if not isinstance(results, Sequence) or len(results) != len(self):
-            got = len(results) if isinstance(results, Sequence) else type(results).__name__
-            raise ValueError(f"evaluate needs one result per image of the dataset, in its order: "
-                             f"{len(self)} images, got {got} results")
-        wrong = next((i for i, r in enumerate(results) if not isinstance(r, DetResult)), None)
-        if wrong is not None:
-            raise TypeError(f"result {wrong} is a {type(results[wrong]).__name__}, not a "
-                            "DetResult")

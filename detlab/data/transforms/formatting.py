@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -54,14 +54,27 @@ class DefaultFormatBundle:
     """Tensors for the usual keys.
 
     Updates ``img`` (``C x H x W`` float32 tensor, contiguous), ``proposals``, ``gt_bboxes``,
-    ``gt_bboxes_ignore``, ``gt_labels`` (tensors). Adds, when missing, ``pad_shape`` (the image
-    shape), ``scale_factor`` (ones ``(4,)`` float32) and ``img_norm_cfg`` (mean 0, std 1).
+    ``gt_bboxes_ignore``, ``gt_labels`` (tensors) and ``gt_semantic_seg`` (a ``1 x H x W``
+    tensor, as MMDetection). Adds, when missing, ``pad_shape`` (the image shape),
+    ``scale_factor`` (ones ``(4,)`` float32) and ``img_norm_cfg`` (mean 0, std 1).
+
+    ``gt_masks`` stay mask objects (``BitmapMasks`` / ``PolygonMasks``, as MMDetection keeps
+    them in a CPU-only container): ``collate`` turns them into an ``(n, H, W)`` bool tensor
+    padded to the batch, so polygons are rasterized once, at the batch's size.
 
     Args:
         img_to_float: turn a uint8 image into float32.
+        pad_val: MMDetection's padding values for batching, ``dict(img=0, masks=0, seg=255)``;
+            ``collate`` pads with exactly these, so other values are refused.
     """
 
-    def __init__(self, img_to_float: bool = True) -> None:
+    def __init__(self, img_to_float: bool = True,
+                 pad_val: Mapping[str, float] | None = None) -> None:
+        expected = dict(img=0, masks=0, seg=255)
+        if pad_val is not None and {**expected, **dict(pad_val)} != expected:
+            raise ValueError(f"DefaultFormatBundle(pad_val={dict(pad_val)}): batches are padded "
+                             f"with {expected} (see detlab.data.loader.collate); pad the images "
+                             "to a common size with Pad(pad_val=...) instead")
         self.img_to_float = img_to_float
 
     @staticmethod
@@ -85,6 +98,8 @@ class DefaultFormatBundle:
         for key in ("proposals", "gt_bboxes", "gt_bboxes_ignore", "gt_labels"):
             if key in results:
                 results[key] = to_tensor(results[key])
+        if "gt_semantic_seg" in results and isinstance(results["gt_semantic_seg"], np.ndarray):
+            results["gt_semantic_seg"] = to_tensor(results["gt_semantic_seg"][None, ...])
         return results
 
     def __repr__(self) -> str:

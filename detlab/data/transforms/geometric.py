@@ -1,4 +1,5 @@
-"""Geometric transforms: Resize, RandomFlip, Pad -- images and every box field move together.
+"""Geometric transforms: Resize, RandomFlip, Pad, Expand, RandomShift, SegRescale -- images,
+box fields, mask fields and semantic maps move together.
 
 Boxes are ``(n, 4)`` float32 xyxy in pixels of the current image. Randomness comes from NumPy's
 global generator, as in MMDetection, so that ``np.random.seed`` and the data loader's worker
@@ -18,8 +19,15 @@ from detlab.data.transforms.imageops import (
     imflip,
     impad,
     impad_to_multiple,
+    imrescale,
     imresize,
     rescale_size,
+)
+from detlab.data.transforms.instances import (
+    bbox_fields,
+    check_single_image,
+    clip_to_image,
+    select_instances,
 )
 from detlab.registry import TRANSFORMS
 from detlab.structures import clip_boxes, flip_boxes
@@ -58,8 +66,9 @@ class Resize:
 
     Adds ``scale``, ``scale_idx``, ``scale_factor`` (float32 ``[w_scale, h_scale, w_scale,
     h_scale]``), ``keep_ratio``; updates ``img`` (every key of ``img_fields``), ``img_shape``,
-    ``pad_shape`` and every key of ``bbox_fields`` (clipped to the image with
-    ``bbox_clip_border``).
+    ``pad_shape``, every key of ``bbox_fields`` (clipped to the image with
+    ``bbox_clip_border``), of ``mask_fields`` (resized to the image, nearest neighbour) and of
+    ``seg_fields`` (nearest neighbour).
 
     Args:
         img_scale: ``(long, short)`` edges or a list of them.
@@ -183,10 +192,21 @@ class Resize:
                 boxes = clip_boxes(boxes, results["img_shape"])
             results[key] = boxes
 
+    @staticmethod
+    def _resize_masks_and_maps(results: dict[str, Any]) -> None:
+        # to the image's exact size, which covers keep_ratio and not alike
+        h, w = results["img_shape"][:2]
+        for key in results.get("mask_fields", []):
+            if results.get(key) is not None:
+                results[key] = results[key].resize((h, w))
+        for key in results.get("seg_fields", []):
+            results[key] = imresize(results[key], (w, h), "nearest")
+
     def __call__(self, results: dict[str, Any]) -> dict[str, Any]:
         self._choose_scale(results)
         self._resize_img(results)
         self._resize_bboxes(results)
+        self._resize_masks_and_maps(results)
         return results
 
     def __repr__(self) -> str:
@@ -216,8 +236,8 @@ class RandomFlip:
     of chances, one per direction. When the sample already has ``flip`` (``MultiScaleFlipAug``
     sets it) that decision is kept. ``flip_ratio=None`` never flips on its own.
 
-    Adds ``flip`` and ``flip_direction``; updates every key of ``img_fields`` and
-    ``bbox_fields`` when flipping.
+    Adds ``flip`` and ``flip_direction``; updates every key of ``img_fields``,
+    ``bbox_fields``, ``mask_fields`` and ``seg_fields`` when flipping.
     """
 
     def __init__(self, flip_ratio: float | list[float] | None = None,
@@ -250,6 +270,11 @@ class RandomFlip:
                 results[key] = imflip(results[key], direction)
             for key in results.get("bbox_fields", []):
                 results[key] = flip_boxes(results[key], results["img_shape"], direction)
+            for key in results.get("mask_fields", []):
+                if results.get(key) is not None:
+                    results[key] = results[key].flip(direction)
+            for key in results.get("seg_fields", []):
+                results[key] = imflip(results[key], direction)
         return results
 
     def __repr__(self) -> str:
@@ -262,13 +287,15 @@ class Pad:
     ``size_divisor``, or to a square (``pad_to_square``). Boxes do not move.
 
     Adds ``pad_shape``, ``pad_fixed_size``, ``pad_size_divisor``; updates every key of
-    ``img_fields``.
+    ``img_fields``, of ``mask_fields`` (padded with ``pad_val['masks']``) and of
+    ``seg_fields`` (with ``pad_val['seg']``) to ``pad_shape``.
 
     Args:
         size: ``(h, w)`` to pad to.
         size_divisor: pad both sides up to a multiple of it.
         pad_to_square: pad the shorter side to the longer one.
-        pad_val: a number, or ``dict(img=..., masks=..., seg=...)``; images use ``img``.
+        pad_val: a number, or ``dict(img=..., masks=..., seg=...)`` (defaults 0, 0, 255); an
+            image value may be one number per channel.
     """
 
     def __init__(self, size: Sequence[int] | None = None, size_divisor: int | None = None,
@@ -302,8 +329,197 @@ class Pad:
         results["pad_fixed_size"] = (results["img"].shape[:2] if self.pad_to_square
                                      else self.size)
         results["pad_size_divisor"] = self.size_divisor
+        shape = results["pad_shape"][:2]
+        for key in results.get("mask_fields", []):
+            if results.get(key) is not None:
+                results[key] = results[key].pad(shape, pad_val=self.pad_val["masks"])
+        for key in results.get("seg_fields", []):
+            results[key] = impad(results[key], shape, self.pad_val["seg"])
         return results
 
     def __repr__(self) -> str:
         return (f"Pad(size={self.size}, size_divisor={self.size_divisor}, "
                 f"pad_to_square={self.pad_to_square}, pad_val={self.pad_val})")
+
+
+def _shift_array(array: np.ndarray, dx: int, dy: int, fill: float = 0) -> np.ndarray:
+    """``array`` (``H x W (x C)``) moved by ``(dx, dy)`` pixels on a canvas of its own size."""
+    out = np.full_like(array, fill)
+    h, w = array.shape[:2]
+    x1, y1, x2, y2 = max(dx, 0), max(dy, 0), min(w + dx, w), min(h + dy, h)
+    if x2 > x1 and y2 > y1:
+        out[y1:y2, x1:x2] = array[y1 - dy:y2 - dy, x1 - dx:x2 - dx]
+    return out
+
+
+@TRANSFORMS.register_module()
+class Expand:
+    """Zoom out (SSD): with probability ``prob``, put the image at a random place of a canvas
+    ``ratio`` times its size (``ratio`` drawn from ``ratio_range``) filled with ``mean``.
+
+    Updates ``img``, ``img_shape`` (MMDetection leaves it stale; later steps such as
+    ``RandomFlip`` read it), every key of ``bbox_fields`` (shifted), of ``mask_fields`` and of
+    ``seg_fields`` (filled with ``seg_ignore_label``). No box is dropped.
+
+    Args:
+        mean: the canvas colour in RGB order when ``to_rgb`` (reversed to the image's BGR),
+            else in the image's order: usually ``Normalize``'s mean.
+        to_rgb: ``mean`` is given in RGB order.
+        ratio_range: ``(low, high)`` canvas size ratios, ``low >= 1``.
+        seg_ignore_label: the label of the new area of semantic maps (needed with them).
+        prob: the chance to expand.
+    """
+
+    def __init__(self, mean: Sequence[float] = (0, 0, 0), to_rgb: bool = True,
+                 ratio_range: Sequence[float] = (1, 4), seg_ignore_label: int | None = None,
+                 prob: float = 0.5) -> None:
+        low, high = (float(r) for r in ratio_range)
+        if not 1 <= low <= high:
+            raise ValueError(f"ratio_range must be (low, high) with 1 <= low <= high, "
+                             f"got {tuple(ratio_range)}")
+        if not 0 <= prob <= 1:
+            raise ValueError(f"prob must be in [0, 1], got {prob}")
+        self.to_rgb = to_rgb
+        self.mean = tuple(mean)[::-1] if to_rgb else tuple(mean)
+        self.ratio_range = (low, high)
+        self.seg_ignore_label = seg_ignore_label
+        self.prob = prob
+
+    def _expand_image(self, img: np.ndarray, ratio: float) -> tuple[np.ndarray, int, int]:
+        h, w = img.shape[:2]
+        channels = 1 if img.ndim == 2 else img.shape[2]
+        if len(self.mean) not in (1, channels):
+            raise ValueError(f"Expand has {len(self.mean)} mean values for an image of "
+                             f"{channels} channels")
+        canvas = np.empty((int(h * ratio), int(w * ratio)) + img.shape[2:], dtype=img.dtype)
+        canvas[...] = self.mean if img.ndim == 3 else self.mean[0]
+        # draw order as MMDetection: left then top (same crops for the same seed)
+        left = int(np.random.uniform(0, w * ratio - w))
+        top = int(np.random.uniform(0, h * ratio - h))
+        canvas[top:top + h, left:left + w] = img
+        return canvas, left, top
+
+    def __call__(self, results: dict[str, Any]) -> dict[str, Any]:
+        if np.random.uniform(0, 1) > self.prob:
+            return results
+        check_single_image(results, "Expand")
+        if results.get("seg_fields") and self.seg_ignore_label is None:
+            raise ValueError("Expand needs seg_ignore_label to fill the new area of semantic "
+                             "maps (e.g. seg_ignore_label=255)")
+        h, w = results["img"].shape[:2]
+        ratio = np.random.uniform(*self.ratio_range)
+        results["img"], left, top = self._expand_image(results["img"], ratio)
+        new_h, new_w = results["img"].shape[:2]
+        results["img_shape"] = results["img"].shape
+        for key in bbox_fields(results):
+            results[key] = results[key] + np.array([left, top, left, top], results[key].dtype)
+        for key in results.get("mask_fields", []):
+            if results.get(key) is not None:
+                results[key] = results[key].expand(new_h, new_w, top, left)
+        for key in results.get("seg_fields", []):
+            seg = np.full((new_h, new_w), self.seg_ignore_label, dtype=results[key].dtype)
+            seg[top:top + h, left:left + w] = results[key]
+            results[key] = seg
+        return results
+
+    def __repr__(self) -> str:
+        return (f"Expand(mean={self.mean}, to_rgb={self.to_rgb}, ratio_range="
+                f"{self.ratio_range}, seg_ignore_label={self.seg_ignore_label}, "
+                f"prob={self.prob})")
+
+
+@TRANSFORMS.register_module()
+class RandomShift:
+    """With probability ``shift_ratio``, move the image content by up to ``max_shift_px``
+    pixels in x and y (the canvas keeps its size; the uncovered area is 0).
+
+    Boxes move and are clipped; those no wider or taller than ``filter_thr_px`` are dropped with
+    their labels, masks and ids. As MMDetection, the sample is left as it is when no box of
+    ``gt_bboxes`` would survive (so images without boxes never move). Updates ``img``, every
+    key of ``bbox_fields`` and their companions, ``mask_fields`` and ``seg_fields`` (filled
+    with 255).
+
+    Args:
+        shift_ratio: the chance to shift.
+        max_shift_px: the largest shift, in pixels.
+        filter_thr_px: boxes must stay wider and taller than this.
+    """
+
+    def __init__(self, shift_ratio: float = 0.5, max_shift_px: int = 32,
+                 filter_thr_px: int = 1) -> None:
+        if not 0 <= shift_ratio <= 1:
+            raise ValueError(f"shift_ratio must be in [0, 1], got {shift_ratio}")
+        if max_shift_px < 0:
+            raise ValueError(f"max_shift_px must be >= 0, got {max_shift_px}")
+        self.shift_ratio = shift_ratio
+        self.max_shift_px = int(max_shift_px)
+        self.filter_thr_px = int(filter_thr_px)
+
+    def _shifted_boxes(self, results: dict[str, Any], dx: int, dy: int
+                       ) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
+        """New boxes and keep masks of every box field, or None when ``gt_bboxes`` would lose
+        every box."""
+        h, w = results["img"].shape[:2]
+        plan = {}
+        for key in bbox_fields(results):
+            boxes = clip_to_image(results[key] + np.array([dx, dy, dx, dy], np.float32), h, w)
+            keep = ((boxes[:, 2] - boxes[:, 0] > self.filter_thr_px)
+                    & (boxes[:, 3] - boxes[:, 1] > self.filter_thr_px))
+            if key == "gt_bboxes" and not keep.any():
+                return None
+            plan[key] = (boxes, keep)
+        return plan
+
+    def __call__(self, results: dict[str, Any]) -> dict[str, Any]:
+        if np.random.random() >= self.shift_ratio:
+            return results
+        limit = self.max_shift_px
+        dx = int(np.random.randint(-limit, limit)) if limit else 0
+        dy = int(np.random.randint(-limit, limit)) if limit else 0
+        plan = self._shifted_boxes(results, dx, dy)
+        if plan is None:
+            return results
+        for key, (boxes, keep) in plan.items():
+            results[key] = boxes
+            select_instances(results, key, keep)
+        for key in results.get("img_fields", ["img"]):
+            results[key] = _shift_array(results[key], dx, dy)
+        shape = results["img"].shape[:2]
+        for key in results.get("mask_fields", []):
+            if results.get(key) is not None:
+                results[key] = results[key].place((dx, dy), shape)
+        for key in results.get("seg_fields", []):
+            results[key] = _shift_array(results[key], dx, dy, fill=255)
+        return results
+
+    def __repr__(self) -> str:
+        return (f"RandomShift(shift_ratio={self.shift_ratio}, max_shift_px={self.max_shift_px}, "
+                f"filter_thr_px={self.filter_thr_px})")
+
+
+@TRANSFORMS.register_module()
+class SegRescale:
+    """Rescale the semantic maps of ``seg_fields`` by ``scale_factor`` (nearest neighbour),
+    e.g. to the stride of a semantic head. Updates every key of ``seg_fields``.
+
+    Args:
+        scale_factor: the factor.
+        backend: ``'cv2'`` or ``'pillow'``, accepted for MMDetection configs; PIL resizes both.
+    """
+
+    def __init__(self, scale_factor: float = 1, backend: str = "cv2") -> None:
+        if scale_factor <= 0:
+            raise ValueError(f"scale_factor must be positive, got {scale_factor}")
+        if backend not in ("cv2", "pillow"):
+            raise ValueError(f"backend must be 'cv2' or 'pillow', got {backend!r}")
+        self.scale_factor = scale_factor
+        self.backend = backend
+
+    def __call__(self, results: dict[str, Any]) -> dict[str, Any]:
+        if self.scale_factor != 1:
+            for key in results.get("seg_fields", []):
+                results[key] = imrescale(results[key], self.scale_factor, "nearest")
+        return results
+
+    def __repr__(self) -> str:
+        return f"SegRescale(scale_factor={self.scale_factor})"

@@ -90,3 +90,59 @@ def impad_to_multiple(img: np.ndarray, divisor: int, pad_val: float = 0) -> np.n
     """``img`` padded at the bottom and right so that both sides are multiples of ``divisor``."""
     h, w = img.shape[:2]
     return impad(img, (-(-h // divisor) * divisor, -(-w // divisor) * divisor), pad_val)
+
+
+def imrescale(img: np.ndarray, scale: float | Sequence[int],
+              interpolation: str = "bilinear") -> np.ndarray:
+    """``img`` resized keeping its aspect ratio by ``scale`` (a factor, or an edge pair it must
+    fit; see :func:`rescale_size`)."""
+    h, w = img.shape[:2]
+    (new_w, new_h), _ = rescale_size((w, h), scale)
+    return imresize(img, (new_w, new_h), interpolation)
+
+
+_WARP_METHODS = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
+                 "bicubic": Image.Resampling.BICUBIC}
+
+
+def _pil_transform_args(matrix: np.ndarray) -> tuple[Image.Transform, tuple[float, ...]]:
+    """PIL's transform kind and data for the projective ``matrix`` (source -> output); PIL
+    wants the inverse map (output -> source)."""
+    inverse = np.linalg.inv(np.asarray(matrix, dtype=np.float64))
+    inverse = inverse / inverse[2, 2]
+    if np.allclose(inverse[2, :2], 0):
+        return Image.Transform.AFFINE, tuple(inverse[:2].reshape(-1).tolist())
+    return Image.Transform.PERSPECTIVE, tuple(inverse.reshape(-1)[:8].tolist())
+
+
+def imwarp(img: np.ndarray, matrix: np.ndarray, size: tuple[int, int],
+           border_value: float | Sequence[float] = 0,
+           interpolation: str = "bilinear") -> np.ndarray:
+    """``img`` under the ``3 x 3`` projective ``matrix`` (source -> output pixels) on a canvas
+    of ``size`` ``(w, h)``, the uncovered area filled with ``border_value`` (one value or one
+    per channel). Like ``cv2.warpPerspective``, but points are continuous pixel coordinates
+    (pixel ``j`` covers ``[j, j + 1)``), the convention of boxes, so a warped box drawn in the
+    image stays on its warped coordinates."""
+    if interpolation not in _WARP_METHODS:
+        raise ValueError(f"interpolation must be one of {sorted(_WARP_METHODS)}, "
+                         f"got {interpolation!r}")
+    size = (int(size[0]), int(size[1]))
+    method, data = _pil_transform_args(matrix)
+    resample = _WARP_METHODS[interpolation]
+    planes = img[..., None] if img.ndim == 2 else img
+    fills = np.broadcast_to(np.asarray(border_value, dtype=np.float64).reshape(-1),
+                            (planes.shape[2],))
+    if img.dtype == np.uint8 and planes.shape[2] in (1, 3):
+        fill = tuple(int(round(f)) for f in fills)
+        image = Image.fromarray(planes if planes.shape[2] == 3 else planes[..., 0])
+        out = np.asarray(image.transform(size, method, data, resample,
+                                         fillcolor=fill if len(fill) == 3 else fill[0]))
+        return out if img.ndim == 2 or out.ndim == 3 else out[..., None]
+    out = np.stack([np.asarray(Image.fromarray(planes[..., c].astype(np.float32)).transform(
+        size, method, data, resample, fillcolor=float(fills[c])))
+        for c in range(planes.shape[2])], axis=-1)
+    if np.issubdtype(img.dtype, np.integer):
+        limits = np.iinfo(img.dtype)
+        out = np.rint(out).clip(limits.min, limits.max)
+    out = out.astype(img.dtype, copy=False)
+    return out[..., 0] if img.ndim == 2 else out
