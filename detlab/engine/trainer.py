@@ -270,7 +270,7 @@ def train(cfg: str | Config | Mapping, work_dir: str | None = None, device: str 
           resume_from: str | None = None, load_from: str | None = None, validate: bool = True,
           seed: int | None = None, deterministic: bool = False,
           cfg_options: Mapping[str, Any] | Iterable[str] | None = None,
-          progress: bool = True) -> TrainRun:
+          progress: bool = True, hooks: Iterable[Hook] = ()) -> TrainRun:
     """Train the model a config describes on its ``data.train``, validating on ``data.val``.
 
     Args:
@@ -284,6 +284,8 @@ def train(cfg: str | Config | Mapping, work_dir: str | None = None, device: str 
         seed, deterministic: seeding of every random source.
         cfg_options: dotted overrides, as ``--cfg-options``.
         progress: show progress bars.
+        hooks: extra hook objects (e.g. a notebook's live training monitor), registered at
+            their own ``priority``.
     """
     from detlab.engine.setup import setup_training
 
@@ -295,6 +297,8 @@ def train(cfg: str | Config | Mapping, work_dir: str | None = None, device: str 
         cfg.load_from = load_from
     trainer, run = setup_training(cfg, device, validate, seed, deterministic, progress,
                                   _max_epochs(cfg))
+    for hook in hooks:
+        trainer.register_hook(hook)
     start = time.perf_counter()
     try:
         trainer.run()
