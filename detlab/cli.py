@@ -352,6 +352,34 @@ def _run_check_dataset(args: argparse.Namespace) -> int:
     return 1 if (findings["severity"] == "error").any() else 0
 
 
+def _add_browse_dataset(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "browse-dataset", help="save images after the train pipeline with their boxes",
+        description="Draw the ground truth of samples after the pipeline (MMDetection's "
+                    "browse_dataset.py).")
+    parser.add_argument("config", help="config file")
+    parser.add_argument("--output-dir", help="where to save the pictures")
+    parser.add_argument("--not-show", action="store_true", help="do not open a window")
+    parser.add_argument("--skip-type", nargs="+",
+                        default=["DefaultFormatBundle", "Normalize", "Collect"],
+                        help="pipeline steps to leave out")
+    parser.add_argument("--split", default="train", help="data.<split> to browse")
+    parser.add_argument("--max-images", type=int, help="how many samples (default: all)")
+    _add_cfg_options(parser)
+
+
+def _run_browse_dataset(args: argparse.Namespace) -> int:
+    from detlab.config import parse_cfg_options
+    from detlab.data.browse import browse_dataset
+
+    written = browse_dataset(args.config, output_dir=args.output_dir, not_show=args.not_show,
+                             skip_type=args.skip_type, split=args.split,
+                             max_images=args.max_images,
+                             cfg_options=parse_cfg_options(args.cfg_options))
+    print(f"{len(written)} pictures" + (f" in {args.output_dir}" if args.output_dir else ""))
+    return 0
+
+
 VERBS = {
     "print-config": (_add_print_config, _run_print_config),
     "train": (_add_train, _run_train),
@@ -362,6 +390,7 @@ VERBS = {
     "analyze-logs": (_add_analyze_logs, _run_analyze_logs),
     "convert": (_add_convert, _run_convert),
     "check-dataset": (_add_check_dataset, _run_check_dataset),
+    "browse-dataset": (_add_browse_dataset, _run_browse_dataset),
 }
 
 

@@ -113,3 +113,25 @@ def test_format_only_eval_metric_and_analyze_logs(shapes_root, make_config, tmp_
     assert main(["analyze-logs", "cal_train_time", str(log)]) == 0
     text = capsys.readouterr().out
     assert "slowest epoch" in text and "average iter time" in text
+
+
+def test_data_verbs(shapes_root, make_config, tmp_path, capsys):
+    config = tmp_path / "tiny.py"
+    make_config(shapes_root).dump(config)
+    shown = tmp_path / "browse"
+    assert main(["browse-dataset", str(config), "--output-dir", str(shown), "--not-show",
+                 "--max-images", "3"]) == 0
+    assert len(list(shown.iterdir())) == 3
+    assert main(["check-dataset", str(config), "--out", str(tmp_path / "findings.csv")]) == 0
+    assert "findings" in capsys.readouterr().out
+    yolo = tmp_path / "yolo"
+    ann = f"{shapes_root}/annotations/instances_train.json"
+    assert main(["convert", "coco2yolo", ann, f"{shapes_root}/train", str(yolo),
+                 "--copy-images", "symlink"]) == 0
+    back = tmp_path / "back"
+    assert main(["convert", "yolo2coco", str(yolo / "data.yaml"), str(back)]) == 0
+    written = [line.split(": ", 1)[1] for line in capsys.readouterr().out.splitlines()
+               if line.startswith("train")]
+    original = json.loads(open(ann).read())
+    converted = json.loads(open(written[-1]).read())
+    assert len(converted["annotations"]) == len(original["annotations"])

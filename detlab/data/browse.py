@@ -181,6 +181,8 @@ def _inner(dataset: Any, index: int) -> tuple[Any, int] | None:
         which = bisect.bisect_right(dataset.cumulative_sizes, index)
         start = dataset.cumulative_sizes[which - 1] if which else 0
         return dataset.datasets[which], index - start
+    if hasattr(dataset, "indices") and hasattr(dataset, "dataset"):  # detlab's, torch's Subset
+        return dataset.dataset, int(dataset.indices[index])
     if hasattr(dataset, "repeat_indices") and hasattr(dataset, "dataset"):
         return dataset.dataset, int(dataset.repeat_indices[index])
     if hasattr(dataset, "times") and hasattr(dataset, "dataset"):
@@ -215,14 +217,18 @@ def _skipped_by_wrapper(dataset: Any, transform: Any) -> bool:
 
 
 def _run(transforms: Sequence[Callable], results: dict[str, Any], tracker: _Tracker,
-         loaded_as_bgr: bool, mix_source: Any = None, start: int = 0
+         loaded_as_bgr: bool, mixer: Any = None, start: int = 0
          ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Run ``transforms`` one by one, recording each; ``mixer`` is the mixing wrapper whose
+    wrapped dataset gives ``mix_results`` (and whose dynamic scale goes into ``scale``)."""
     records = []
     for step, transform in enumerate(transforms, start=start):
-        if mix_source is not None and hasattr(transform, "get_indexes"):
-            indexes = transform.get_indexes(mix_source)
+        if mixer is not None and hasattr(transform, "get_indexes"):
+            indexes = transform.get_indexes(mixer.dataset)
             indexes = [indexes] if isinstance(indexes, int) else list(indexes)
-            results["mix_results"] = [copy.deepcopy(mix_source[i]) for i in indexes]
+            results["mix_results"] = [copy.deepcopy(mixer.dataset[int(i)]) for i in indexes]
+        if mixer is not None and getattr(mixer, "_dynamic_scale", None) is not None:
+            results["scale"] = mixer._dynamic_scale
         try:
             results = transform(results)
         except Exception as err:
@@ -247,7 +253,7 @@ def _steps(dataset: Any, index: int, tracker: _Tracker, loaded_as_bgr: bool
             return records, None
         transforms = [t for t in _transforms_of(dataset.pipeline)
                       if not _skipped_by_wrapper(dataset, t)]
-        more, results = _run(transforms, results, tracker, loaded_as_bgr, dataset.dataset,
+        more, results = _run(transforms, results, tracker, loaded_as_bgr, dataset,
                              start=len(records))
         return records + more, results
     return _run(_transforms_of(dataset.pipeline), _initial_results(dataset, index), tracker,
@@ -288,11 +294,12 @@ def pipeline_steps(dataset: Any, index: int) -> list[dict[str, Any]]:
     """Sample ``index`` of ``dataset`` after each step of its pipeline.
 
     Works for detection datasets (``data_infos``, ``get_ann_info``, ``pre_pipeline``,
-    ``pipeline``) and the wrappers around them: concatenation, repetition and class balancing
-    pick the wrapped sample; ``MultiImageMixDataset`` steps through the wrapped dataset's
-    pipeline first, then its own, filling ``mix_results`` for ``Mosaic`` / ``MixUp``
-    through their ``get_indexes``. Random transforms draw from NumPy's global generator: seed
-    it for a repeatable walk.
+    ``pipeline``) and the wrappers around them: concatenation, repetition, class balancing and
+    subsets pick the wrapped sample; ``MultiImageMixDataset`` steps through the wrapped
+    dataset's pipeline first, then its own, filling ``mix_results`` for ``Mosaic`` / ``MixUp``
+    through their ``get_indexes`` (a step that drops the sample is shown dropping it, where
+    the wrapper would retry with other partners). Random transforms draw from NumPy's global
+    generator: seed it for a repeatable walk.
 
     Returns one dict per step that ran: ``step`` (0-based), ``name`` (the transform's class),
     ``repr``, ``dropped_sample`` (the step returned None: the walk stops there) and, for a

@@ -647,9 +647,8 @@ def _check_config(cfg: Any, split: str, img_prefix: str | None, out: _Findings,
         raise ConfigError(f"{cfg.filename or 'the config'} has no data.{split} dataset to check "
                           f"(it has {', '.join(f'data.{k}' for k in have) or 'no data'}); "
                           "pass split=...")
-    root = cfg.get("data_root")
-    if isinstance(root, str) and root and not os.path.isdir(root):
-        out.add("missing_data_root", f"data_root = {root!r} is not a folder", file=cfg.filename)
+    # the top-level data_root is only a variable of the file: what counts is each dataset's
+    # own data_root (an override may have changed it there alone), checked per leaf below
     names = None
     for path, leaf in dataset_leaves(data[split], f"data.{split}"):
         leaf_names = _check_leaf(leaf, path, img_prefix, out, options)

@@ -142,6 +142,22 @@ def test_mix_wrapper_steps_and_fresh_ids(coco):
         pipeline_steps(mixed, 3)
 
 
+def test_detlab_wrappers(coco):
+    from detlab.data import MultiImageMixDataset, RepeatDataset
+
+    loading = [dict(type="LoadImageFromFile"), dict(type="LoadAnnotations")]
+    mixed = MultiImageMixDataset(_dataset(coco, loading), [
+        dict(type="Mosaic", img_scale=(48, 64)), dict(type="RandomAffine", border=(-24, -32)),
+        dict(type="MixUp", img_scale=(48, 64))])
+    np.random.seed(0)
+    steps = pipeline_steps(RepeatDataset(mixed, 2), 5)
+    assert [s["name"] for s in steps][2:] == ["Mosaic", "RandomAffine", "MixUp"]
+    assert steps[3]["image"].shape == (48, 64, 3)
+    mixed_up = steps[4]
+    assert set(mixed_up["added"]).isdisjoint(steps[3]["ids"].tolist())
+    assert len(mixed_up["ids"]) == len(set(mixed_up["ids"].tolist()))
+
+
 def test_display_image_undoes_formatting():
     rgb = np.random.default_rng(0).integers(0, 256, (4, 5, 3)).astype(np.float32)
     mean, std = np.array(NORM["mean"], np.float32), np.array(NORM["std"], np.float32)

@@ -92,6 +92,13 @@ def test_a_size_that_disagrees_with_the_annotations_is_reported(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         LoadImageFromFile()(results)
+    results["img_info"].update(width=50, height=50)
+    load = LoadImageFromFile()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(7):
+            load(dict(results))
+    assert len(caught) == 5 and "not reported" in str(caught[-1].message)
 
 
 @pytest.mark.parametrize("kind", ["png", "jpg"])

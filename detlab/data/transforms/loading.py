@@ -19,7 +19,6 @@ COLOR_TYPES = ("color", "grayscale", "unchanged", "color_ignore_orientation",
                "grayscale_ignore_orientation")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 _MAX_SHAPE_WARNINGS = 5
-_shape_warnings = 0
 
 
 class ImageReadError(OSError):
@@ -78,24 +77,20 @@ def _image_id(results: Mapping[str, Any]) -> Any:
     return info.get("id", results.get("img_id", "unknown"))
 
 
-def _warn_on_size_mismatch(img: np.ndarray, info: Mapping[str, Any], filename: str) -> None:
-    """Warn (a few times per process) when the annotation file's size of an image is not the
-    size read, a sign of an EXIF turn the annotations did not see, or of a wrong file."""
-    global _shape_warnings
-    if "width" not in info or "height" not in info or _shape_warnings >= _MAX_SHAPE_WARNINGS:
-        return
+def _size_mismatch(img: np.ndarray, info: Mapping[str, Any], filename: str) -> str | None:
+    """A warning when the annotation file's size of an image is not the size read -- a sign
+    of an EXIF turn the annotations did not see, or of a wrong file -- else None."""
+    if "width" not in info or "height" not in info:
+        return None
     expected, got = (int(info["height"]), int(info["width"])), tuple(img.shape[:2])
     if expected == got:
-        return
-    _shape_warnings += 1
+        return None
     hint = (" The sides are swapped: the file has an EXIF orientation. Boxes are taken in the "
             "turned (displayed) frame; if your annotations were made on the raw pixels, load "
             "with color_type='color_ignore_orientation'." if expected == got[::-1] else "")
-    more = (" (further size mismatches are not reported)"
-            if _shape_warnings == _MAX_SHAPE_WARNINGS else "")
-    warnings.warn(f"image {filename!r} (image id {info.get('id', 'unknown')}) is {got[0]} x "
-                  f"{got[1]} (h x w) but the annotation file says {expected[0]} x "
-                  f"{expected[1]}.{hint}{more}", stacklevel=3)
+    return (f"image {filename!r} (image id {info.get('id', 'unknown')}) is {got[0]} x "
+            f"{got[1]} (h x w) but the annotation file says {expected[0]} x {expected[1]}."
+            f"{hint}")
 
 
 @TRANSFORMS.register_module()
@@ -137,13 +132,14 @@ class LoadImageFromFile:
         self.to_float32 = to_float32
         self.color_type = color_type
         self.channel_order = channel_order
+        self._size_warnings = 0  # mismatches reported, at most _MAX_SHAPE_WARNINGS
 
     def __call__(self, results: dict[str, Any]) -> dict[str, Any]:
         info = results["img_info"]
         prefix = results.get("img_prefix")
         filename = os.path.join(prefix, info["filename"]) if prefix else info["filename"]
         img = self._read(filename, results)
-        _warn_on_size_mismatch(img, info, filename)
+        self._check_size(img, info, filename)
         if self.to_float32:
             img = img.astype(np.float32)
         results["filename"] = filename
@@ -153,6 +149,16 @@ class LoadImageFromFile:
         results["ori_shape"] = img.shape
         results["img_fields"] = ["img"]
         return results
+
+    def _check_size(self, img: np.ndarray, info: Mapping[str, Any], filename: str) -> None:
+        if self._size_warnings >= _MAX_SHAPE_WARNINGS:
+            return
+        message = _size_mismatch(img, info, filename)
+        if message is not None:
+            self._size_warnings += 1
+            if self._size_warnings == _MAX_SHAPE_WARNINGS:
+                message += " (further size mismatches are not reported)"
+            warnings.warn(message, stacklevel=3)
 
     def _read(self, filename: str, results: Mapping[str, Any]) -> np.ndarray:
         which = f"image {filename!r} (image id {_image_id(results)})"

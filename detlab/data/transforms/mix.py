@@ -271,6 +271,7 @@ class MixUp:
 
     @property
     def img_scale(self) -> tuple[int, int]:
+        """The canvas ``(h, w)`` (an alias of ``dynamic_scale``)."""
         return self.dynamic_scale
 
     def get_indexes(self, dataset: Any) -> list[int]:
