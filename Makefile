@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.detlab-installed
 PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 PYTEST_WORKERS ?= 2
 
-.PHONY: all venv test test-fast lint demo clean
+.PHONY: all venv test test-fast lint demo clean browser-deps
 
 all: test
 
@@ -21,8 +21,15 @@ venv: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# The browser test drives JupyterLab in Debian's Chromium (Playwright is in the dev extras).
+browser-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "installing Debian's chromium for the browser test"; \
+		apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
+		|| echo "could not install chromium (needs root): the browser test will fail" >&2
+
 # Every check, slow ones included (CI runs this through .ci/run).
-test: lint
+test: lint browser-deps
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) tests
 
 # The quick loop while editing: skips tests marked slow.

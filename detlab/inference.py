@@ -137,3 +137,102 @@ def show_result(img: ImageInput, result: DetResult, score_thr: float = 0.3,
 
     return draw_and_save(img, result, score_thr=score_thr, out_file=out_file,
                          class_names=class_names)
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def inference_folder(model: nn.Module, folder: str, out_dir: str | None = None,
+                     score_thr: float = 0.3, batch_size: int = 8) -> dict[str, DetResult]:
+    """Detect objects in every image of ``folder`` (searched recursively, sorted by name).
+
+    Returns ``{relative path: DetResult}``; with ``out_dir``, also writes each image with its
+    detections above ``score_thr`` drawn, under the same relative path.
+    """
+    paths = sorted(os.path.relpath(os.path.join(root, name), folder)
+                   for root, _, names in os.walk(folder) for name in names
+                   if name.lower().endswith(IMAGE_SUFFIXES))
+    if not paths:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {folder}")
+    results: dict[str, DetResult] = {}
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start:start + batch_size]
+        detected = inference_detector(model, [os.path.join(folder, p) for p in chunk])
+        for rel, result in zip(chunk, detected, strict=True):
+            results[rel] = result
+            if out_dir is not None:
+                show_result(result.image, result, score_thr=score_thr,
+                            out_file=os.path.join(out_dir, rel))
+    return results
+
+
+def _open_video(path: str) -> Any:
+    try:
+        import av
+    except ImportError as err:
+        raise ImportError("video inference reads videos with PyAV: pip install av") from err
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"video not found: {path}")
+    return av.open(path)
+
+
+def inference_video(model: nn.Module, video: str, out_file: str | None = None,
+                    score_thr: float = 0.3, frame_stride: int = 1,
+                    max_frames: int | None = None) -> list[DetResult]:
+    """Detect objects in the frames of a video file (every ``frame_stride``-th frame, at most
+    ``max_frames``). With ``out_file``, writes a video of the processed frames with their
+    detections above ``score_thr`` drawn (same frame rate divided by the stride). Each result's
+    ``meta['frame']`` is its frame index. Needs PyAV (``pip install av``)."""
+    container = _open_video(video)
+    stream = container.streams.video[0]
+    writer = None
+    results: list[DetResult] = []
+    try:
+        for index, frame in enumerate(container.decode(stream)):
+            if index % frame_stride:
+                continue
+            rgb = frame.to_ndarray(format="rgb24")
+            result = inference_detector(model, rgb)
+            result.meta["frame"] = index
+            results.append(result)
+            if out_file is not None:
+                writer = writer or _video_writer(out_file, rgb.shape, stream, frame_stride)
+                _write_frame(writer, show_result(rgb, result, score_thr=score_thr))
+            if max_frames is not None and len(results) >= max_frames:
+                break
+    finally:
+        container.close()
+        if writer is not None:
+            _close_writer(writer)
+    return results
+
+
+def _video_writer(path: str, shape: tuple, stream: Any, stride: int) -> tuple[Any, Any]:
+    import fractions
+
+    import av
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    container = av.open(path, mode="w")
+    rate = fractions.Fraction(stream.average_rate or 25) / stride
+    out = container.add_stream("mpeg4", rate=rate)
+    out.height, out.width = shape[0] - shape[0] % 2, shape[1] - shape[1] % 2
+    out.pix_fmt = "yuv420p"
+    return container, out
+
+
+def _write_frame(writer: tuple[Any, Any], rgb: np.ndarray) -> None:
+    import av
+
+    container, stream = writer
+    frame = av.VideoFrame.from_ndarray(
+        np.ascontiguousarray(rgb[:stream.height, :stream.width]), format="rgb24")
+    for packet in stream.encode(frame):
+        container.mux(packet)
+
+
+def _close_writer(writer: tuple[Any, Any]) -> None:
+    container, stream = writer
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()

@@ -62,3 +62,53 @@ def test_show_result_writes_a_picture(trained, tmp_path):
     drawn = show_result(path, result, score_thr=0.0, out_file=str(out))
     assert out.exists() and drawn.shape == (64, 64, 3)
     assert result._repr_png_().startswith(b"\x89PNG")
+
+
+def test_inference_on_a_folder(trained, tmp_path):
+    from detlab.inference import inference_folder
+
+    cfg, checkpoint, root = trained
+    model = init_detector(cfg, checkpoint)
+    results = inference_folder(model, str(root / "val"), out_dir=str(tmp_path / "drawn"),
+                               batch_size=3)
+    names = sorted(p.name for p in (root / "val").glob("*.png"))
+    assert sorted(results) == names and all(isinstance(r, DetResult) for r in results.values())
+    assert sorted(p.name for p in (tmp_path / "drawn").iterdir()) == names
+    with pytest.raises(FileNotFoundError, match="no images"):
+        inference_folder(model, str(tmp_path / "drawn" / "nothing-here"))
+
+
+def _write_video(path, frames, rate=5):
+    import av
+
+    container = av.open(str(path), mode="w")
+    stream = container.add_stream("mpeg4", rate=rate)
+    stream.height, stream.width = frames[0].shape[:2]
+    stream.pix_fmt = "yuv420p"
+    for rgb in frames:
+        for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+
+
+def test_inference_on_a_video(trained, tmp_path):
+    import av
+
+    from detlab.inference import inference_video
+
+    cfg, checkpoint, root = trained
+    model = init_detector(cfg, checkpoint)
+    paths = sorted((root / "val").glob("*.png"))
+    frames = [np.asarray(Image.open(p).convert("RGB")) for p in paths] * 2  # 8 frames
+    video = tmp_path / "shapes.mp4"
+    _write_video(video, frames)
+    out = tmp_path / "drawn.mp4"
+    results = inference_video(model, str(video), out_file=str(out), frame_stride=2)
+    assert [r.meta["frame"] for r in results] == [0, 2, 4, 6]
+    with av.open(str(out)) as written:
+        assert sum(1 for _ in written.decode(video=0)) == 4
+    assert len(inference_video(model, str(video), max_frames=3)) == 3
+    with pytest.raises(FileNotFoundError, match="missing.mp4"):
+        inference_video(model, str(tmp_path / "missing.mp4"))
