@@ -339,3 +339,20 @@ def sweep(notebook: str, grid: Mapping[str, Any] | list[Mapping[str, Any]], outp
     frame = pd.DataFrame(rows)
     frame.to_csv(os.path.join(output_dir, "sweep.csv"), index=False)
     return frame
+
+
+def resolve_path(path: str) -> str:
+    """``path`` as given if it exists from the current directory, else the first match found
+    from its parent folders upward -- so a notebook finds ``configs/...`` whether its kernel runs
+    in the repository root (papermill, ``make demo``) or in ``notebooks/`` (JupyterLab)."""
+    if os.path.isabs(path) or os.path.exists(path):
+        return path
+    folder = os.path.abspath(os.getcwd())
+    while True:
+        candidate = os.path.join(folder, path)
+        if os.path.exists(candidate):
+            return candidate
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return path
+        folder = parent

@@ -1,0 +1,35 @@
+"""Widgets for JupyterLab (ipywidgets): browse a dataset step by step through its pipeline, edit
+a config with provenance and checks, watch training live, browse errors, re-score detections
+without re-running the model, compare runs.
+
+Each widget's display data also carries a PNG of its current view, so notebooks executed headless
+(papermill) stay readable. Imports happen on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "WidgetView": "base",
+    "DatasetBrowser": "dataset_browser", "BrowserSample": "dataset_browser",
+    "ConfigEditor": "config_editor", "ConfigProblem": "config_editor",
+    "check_config": "config_editor",
+    "TrainingMonitor": "training_monitor", "TrainingProgress": "training_monitor",
+    "MonitorHook": "training_monitor",
+    "ErrorBrowser": "error_browser",
+    "RescoreExplorer": "rescore", "cache_raw_detections": "rescore",
+    "RunComparer": "run_comparer",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'detlab.viz.widgets' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"detlab.viz.widgets.{module}"), name)
+    globals()[name] = value
+    return value
