@@ -103,7 +103,8 @@ def test_public_api_resolves():
 def test_subpackage_exports_resolve():
     import detlab.evaluation
     import detlab.viz
+    import detlab.viz.widgets
 
-    for module in (detlab.evaluation, detlab.viz):
+    for module in (detlab.evaluation, detlab.viz, detlab.viz.widgets):
         for name in module.__all__:
             assert callable(getattr(module, name)), f"{module.__name__}.{name}"

@@ -56,7 +56,7 @@ def plot_curves(json_logs: str | Sequence[str], keys: Sequence[str] = ("loss",),
     for ax, key in zip(axes[0], keys, strict=True):
         for path, name in zip(logs, names, strict=True):
             train = train_curve_table(path)
-            if key in train:
+            if key in train and train[key].notna().any():
                 ax.plot(train["step"], train[key], label=name)
                 ax.set_xlabel("iteration")
                 continue
