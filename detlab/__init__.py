@@ -7,8 +7,7 @@ function that needs them runs.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from detlab._lazy import lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -47,13 +46,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'detlab' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _EXPORTS, globals())
 
 
 def __dir__() -> list[str]:

@@ -45,3 +45,36 @@ def tiny_config(root: str, epochs: int = 2, **options):
 def make_config():
     """``make_config(root, epochs=2, **dotted_overrides)`` -> a tiny training Config."""
     return tiny_config
+
+
+# coloured rectangles, one class each, on 64 x 48 images: a scene whose boxes are known exactly
+RECT_NAMES = ["red", "green", "blue"]
+RECT_BOXES = [[4, 4, 20, 16], [30, 6, 58, 20], [8, 26, 40, 44]]  # xyxy of each class
+RECT_COLORS = [(250, 0, 0), (0, 250, 0), (0, 0, 250)]
+RECT_CONTENT = [(0, 1), (2,), (0, 2), (1,)]  # the classes of each image (ids 1..4)
+
+
+def write_rectangles(root, polygons: bool = False):
+    """Write the rectangle images into ``root`` and their COCO file ``root / 'ann.json'``."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    images, anns = [], []
+    for i, classes in enumerate(RECT_CONTENT):
+        pixels = np.full((48, 64, 3), 40, np.uint8)
+        for c in classes:
+            x1, y1, x2, y2 = RECT_BOXES[c]
+            pixels[y1:y2, x1:x2] = RECT_COLORS[c]
+            ann = dict(id=len(anns) + 1, image_id=i + 1, category_id=c + 1, iscrowd=0,
+                       bbox=[x1, y1, x2 - x1, y2 - y1], area=(x2 - x1) * (y2 - y1))
+            if polygons:
+                ann["segmentation"] = [[x1, y1, x2, y1, x2, y2, x1, y2]]
+            anns.append(ann)
+        Image.fromarray(pixels).save(root / f"im{i}.png")
+        images.append(dict(id=i + 1, file_name=f"im{i}.png", width=64, height=48))
+    cats = [dict(id=j + 1, name=name) for j, name in enumerate(RECT_NAMES)]
+    (root / "ann.json").write_text(json.dumps(dict(images=images, annotations=anns,
+                                                   categories=cats)))
+    return root / "ann.json"

@@ -7,8 +7,7 @@ Heavy packages (pandas, pycocotools) load when a function needs them.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from detlab._lazy import lazy_getattr
 
 _EXPORTS = {
     "coco_evaluate": "coco", "dump_results": "coco", "results_to_coco": "coco",
@@ -26,10 +25,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'detlab.evaluation' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"detlab.evaluation.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _EXPORTS, globals())

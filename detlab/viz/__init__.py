@@ -3,8 +3,7 @@ curves and dataset samples (``plots``), evaluation and error-analysis plots (``a
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from detlab._lazy import lazy_getattr
 
 _EXPORTS = {
     "draw_boxes": "draw", "draw_detections": "draw", "image_grid": "draw",
@@ -18,10 +17,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'detlab.viz' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"detlab.viz.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _EXPORTS, globals())

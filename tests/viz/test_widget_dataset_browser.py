@@ -1,18 +1,14 @@
 """DatasetBrowser: images, classes and pipeline steps, driven by its methods and its controls."""
 
-import json
 
 import numpy as np
 import pytest
-from PIL import Image
+from conftest import RECT_BOXES, RECT_COLORS, RECT_CONTENT, RECT_NAMES, write_rectangles
 
 from detlab.data import CocoDataset
 from detlab.viz.widgets.dataset_browser import ALL_CLASSES, DatasetBrowser
 
-NAMES = ["red", "green", "blue"]
-BOXES = [[4, 4, 20, 16], [30, 6, 58, 20], [8, 26, 40, 44]]  # xyxy of each class, 64 x 48 images
-COLORS = [(250, 0, 0), (0, 250, 0), (0, 0, 250)]
-CONTENT = [(0, 1), (2,), (0, 2), (1,)]  # the classes of each image
+NAMES, BOXES, COLORS, CONTENT = RECT_NAMES, RECT_BOXES, RECT_COLORS, RECT_CONTENT
 NORM = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True)
 # a 40-pixel-wide crop keeps the green and blue boxes (cut or not) and may drop the red one
 PIPELINE = [dict(type="LoadImageFromFile"), dict(type="LoadAnnotations", with_mask=True),
@@ -29,20 +25,7 @@ STEPS = ["LoadImageFromFile", "LoadAnnotations", "RandomCrop", "Resize", "Normal
 def coco(tmp_path_factory):
     """Four 64 x 48 images holding the coloured rectangles of CONTENT, and their COCO file."""
     root = tmp_path_factory.mktemp("browser")
-    images, anns = [], []
-    for i, classes in enumerate(CONTENT):
-        pixels = np.full((48, 64, 3), 40, np.uint8)
-        for c in classes:
-            x1, y1, x2, y2 = BOXES[c]
-            pixels[y1:y2, x1:x2] = COLORS[c]
-            anns.append(dict(id=len(anns) + 1, image_id=i + 1, category_id=c + 1, iscrowd=0,
-                             bbox=[x1, y1, x2 - x1, y2 - y1], area=(x2 - x1) * (y2 - y1),
-                             segmentation=[[x1, y1, x2, y1, x2, y2, x1, y2]]))
-        Image.fromarray(pixels).save(root / f"im{i}.png")
-        images.append(dict(id=i + 1, file_name=f"im{i}.png", width=64, height=48))
-    cats = [dict(id=j + 1, name=name) for j, name in enumerate(NAMES)]
-    (root / "ann.json").write_text(json.dumps(dict(images=images, annotations=anns,
-                                                   categories=cats)))
+    write_rectangles(root, polygons=True)
     return root
 
 

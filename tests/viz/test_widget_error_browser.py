@@ -1,11 +1,11 @@
 """ErrorBrowser: filtering a match table of hand-made detections and stepping through it."""
 
 import io
-import json
 
 import numpy as np
 import pytest
 import torch
+from conftest import RECT_BOXES, RECT_COLORS, RECT_CONTENT, RECT_NAMES, write_rectangles
 from PIL import Image
 
 from detlab.data import CocoDataset
@@ -13,10 +13,7 @@ from detlab.evaluation import image_ranking, match_detections
 from detlab.structures import DetResult
 from detlab.viz.widgets.error_browser import STATUS_COLORS, ErrorBrowser
 
-NAMES = ["red", "green", "blue"]
-BOXES = [[4, 4, 20, 16], [30, 6, 58, 20], [8, 26, 40, 44]]  # xyxy of each class, 64 x 48 images
-COLORS = [(250, 0, 0), (0, 250, 0), (0, 0, 250)]
-CONTENT = [(0, 1), (2,), (0, 2), (1,)]  # the classes of each image (ids 1..4)
+NAMES, BOXES, COLORS, CONTENT = RECT_NAMES, RECT_BOXES, RECT_COLORS, RECT_CONTENT
 PIPELINE = [dict(type="LoadImageFromFile")]
 # per image: (box, score, label). Image 1: a TP, a TP at IoU .5 that fails .75 (IoU 0.70) and
 # a background FP; image 2: the blue box called red (Cls); image 3: nothing (2 Miss); image 4:
@@ -32,20 +29,8 @@ DETECTIONS = [
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("errors")
-    images, anns = [], []
-    for i, classes in enumerate(CONTENT):
-        pixels = np.full((48, 64, 3), 40, np.uint8)
-        for c in classes:
-            x1, y1, x2, y2 = BOXES[c]
-            pixels[y1:y2, x1:x2] = COLORS[c]
-            anns.append(dict(id=len(anns) + 1, image_id=i + 1, category_id=c + 1, iscrowd=0,
-                             bbox=[x1, y1, x2 - x1, y2 - y1], area=(x2 - x1) * (y2 - y1)))
-        Image.fromarray(pixels).save(root / f"im{i}.png")
-        images.append(dict(id=i + 1, file_name=f"im{i}.png", width=64, height=48))
-    cats = [dict(id=j + 1, name=name) for j, name in enumerate(NAMES)]
-    (root / "ann.json").write_text(json.dumps(dict(images=images, annotations=anns,
-                                                   categories=cats)))
-    return CocoDataset(str(root / "ann.json"), PIPELINE, img_prefix=str(root), test_mode=True)
+    ann_file = write_rectangles(root)
+    return CocoDataset(str(ann_file), PIPELINE, img_prefix=str(root), test_mode=True)
 
 
 @pytest.fixture(scope="module")

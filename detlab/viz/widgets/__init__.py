@@ -8,8 +8,7 @@ Each widget's display data also carries a PNG of its current view, so notebooks 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from detlab._lazy import lazy_getattr
 
 _EXPORTS = {
     "WidgetView": "base",
@@ -26,10 +25,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'detlab.viz.widgets' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"detlab.viz.widgets.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _EXPORTS, globals())

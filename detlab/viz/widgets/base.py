@@ -8,7 +8,9 @@ on a page that runs no JavaScript -- still shows what the widget showed.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -60,3 +62,59 @@ class WidgetView:
         bundle["image/png"] = base64.b64encode(self.render_png()).decode("ascii")
         bundle["text/plain"] = self.summary()
         return bundle
+
+
+# --------------------------------------------------------------------------------------------
+# what the widgets' controls share
+# --------------------------------------------------------------------------------------------
+
+
+def error_text(err: BaseException) -> str:
+    """``'KindError: message'`` (without the quotes ``str(KeyError)`` adds)."""
+    text = err.args[0] if isinstance(err, KeyError) and err.args else err
+    return f"{type(err).__name__}: {text}"
+
+
+def status_html(text: str, error: bool = False) -> str:
+    """``text`` as an HTML line, red when it reports an error."""
+    import html
+
+    color = "#b00020" if error else "inherit"
+    return f"<span style='color:{color}'>{html.escape(text)}</span>"
+
+
+def make_button(w: Any, description: str, css: str, icon: str = "") -> Any:
+    """An ``ipywidgets.Button`` with the CSS class ``css`` (what browser tests click)."""
+    button = w.Button(description=description, icon=icon, layout=w.Layout(width="auto"))
+    button.add_class(css)
+    return button
+
+
+class ControlsMixin:
+    """The control plumbing of an interactive widget: ``_status`` (an HTML line) shows errors,
+    ``_syncing`` marks values set by code so that callbacks ignore them."""
+
+    _syncing: bool = False
+    _status: Any = None
+
+    def _sync_controls(self) -> None:
+        """Put the controls' values in line with the state (a widget with controls overrides
+        it)."""
+
+    def _safely(self, method: Any, *args: Any, **kwargs: Any) -> None:
+        """Run a control's action; an error is shown under the controls (a callback's
+        exception would otherwise only reach the browser's console)."""
+        try:
+            method(*args, **kwargs)
+        except Exception as err:  # any failure is reported to the user
+            self._sync_controls()  # a control the action refused shows the state again
+            self._status.value = status_html(error_text(err), error=True)
+
+    @contextlib.contextmanager
+    def _quiet(self) -> Iterator[None]:
+        """Set control values without their callbacks acting on them."""
+        self._syncing = True
+        try:
+            yield
+        finally:
+            self._syncing = False

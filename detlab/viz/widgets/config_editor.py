@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from detlab.config import Config, ConfigDiff, ConfigError, closest, load_config, parse_value
-from detlab.viz.widgets.base import WidgetView, array_png
+from detlab.config import _to_plain as _plain
+from detlab.viz.widgets.base import ControlsMixin, WidgetView, array_png
 
 EDIT_SOURCE = "ConfigEditor"
 _TOP_LEVEL = "(top-level values)"
@@ -366,16 +367,6 @@ def check_config(cfg: Mapping[str, Any] | Config) -> list[ConfigProblem]:
 # --------------------------------------------------------------------------------------------
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    if isinstance(value, tuple):
-        return tuple(_plain(v) for v in value)
-    return value
-
-
 def same_value(a: Any, b: Any) -> bool:
     """Equal, and of the same types all the way down (``1`` is not ``1.0``, a list not a
     tuple), as a written config must reproduce them."""
@@ -472,7 +463,7 @@ class ConfigRow:
     problems: list[str] = field(default_factory=list)
 
 
-class ConfigEditor(WidgetView):
+class ConfigEditor(ControlsMixin, WidgetView):
     """Look at, edit and check a config, then save the edit as a config of its own.
 
     Args:
@@ -684,15 +675,6 @@ class ConfigEditor(WidgetView):
             raise ValueError("type the path of the new config first")
         written = self.save_as(path)
         self._status.value = f"saved <code>{html.escape(written)}</code>"
-
-    def _safely(self, method: Any, *args: Any) -> None:
-        from detlab.viz.widgets.dataset_browser import error_text
-
-        try:
-            method(*args)
-        except Exception as err:  # any failure is reported next to the controls
-            self._status.value = f"<span style='color:#b00020'>{html.escape(error_text(err))}" \
-                                 f"</span>"
 
     def _open_section(self) -> str | None:
         index = self._tree.selected_index if getattr(self, "_tree", None) else None

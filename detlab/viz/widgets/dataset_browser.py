@@ -12,16 +12,22 @@ Everything the controls do is a plain method (:meth:`DatasetBrowser.show`, ``nex
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from detlab.viz.widgets.base import WidgetView, array_png, figure_png
+from detlab.viz.widgets.base import (
+    ControlsMixin,
+    WidgetView,
+    array_png,
+    figure_png,
+    make_button,
+    status_html,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -307,7 +313,7 @@ def stats_figure(boxes: pd.DataFrame, table: pd.DataFrame) -> Figure:
 # --------------------------------------------------------------------------------------------
 
 
-class DatasetBrowser(WidgetView):
+class DatasetBrowser(ControlsMixin, WidgetView):
     """Browse a detection dataset image by image, after any step of its pipeline.
 
     Args:
@@ -572,17 +578,17 @@ class DatasetBrowser(WidgetView):
     def _build_widgets(self) -> None:
         import ipywidgets as w
 
-        self._prev = _button(w, "prev", "detlab-prev", "arrow-left")
-        self._next = _button(w, "next", "detlab-next", "arrow-right")
+        self._prev = make_button(w, "prev", "detlab-prev", "arrow-left")
+        self._next = make_button(w, "next", "detlab-next", "arrow-right")
         self._slider = w.IntSlider(value=0, min=0, max=len(self._positions) - 1,
                                    description="image", continuous_update=False)
         self._jump = w.Text(placeholder="image id or file name", description="jump to",
                             continuous_update=False)
-        self._go = _button(w, "go", "detlab-jump-button")
+        self._go = make_button(w, "go", "detlab-jump-button")
         self._classes = w.Dropdown(options=[ALL_CLASSES, *self.class_names], value=ALL_CLASSES,
                                    description="class")
         self._step_menu = w.Dropdown(options=[("-", 0)], description="step")
-        self._resample = _button(w, "resample", "detlab-resample", "refresh")
+        self._resample = make_button(w, "resample", "detlab-resample", "refresh")
         self._toggles = {name: w.Checkbox(value=True, description=name, indent=False,
                                           layout=w.Layout(width="auto"))
                          for name in ("boxes", "labels", "masks")}
@@ -651,30 +657,14 @@ class DatasetBrowser(WidgetView):
         self._stats_image.value = self.stats_png()
         self._stats_table.value = self.stats().to_html(float_format=lambda v: f"{v:.2f}")
 
-    def _safely(self, method: Any, *args: Any, **kwargs: Any) -> None:
-        """Run a control's action; an error is shown under the controls (a callback's
-        exception would otherwise only reach the browser's console)."""
-        try:
-            method(*args, **kwargs)
-        except Exception as err:  # any failure is reported to the user
-            self._sync_controls()  # a control the action refused shows the state again
-            self._status.value = _status_html(error_text(err), error=True)
 
-    @contextlib.contextmanager
-    def _quiet(self) -> Iterator[None]:
-        """Set control values without their callbacks acting on them."""
-        self._syncing = True
-        try:
-            yield
-        finally:
-            self._syncing = False
 
     def _refresh(self) -> None:
         """Bring the controls and the picture in line with the state."""
         self._png = array_png(self.view_image())
         self._sync_controls()
         self._image.value = self._png
-        self._info.value = _status_html(self.summary().removeprefix("DatasetBrowser: "))
+        self._info.value = status_html(self.summary().removeprefix("DatasetBrowser: "))
         self._changes.value = self._changes_html(self._steps[self.step_index])
         self._status.value = ""
 
@@ -699,11 +689,6 @@ class DatasetBrowser(WidgetView):
         return f"<ul style='margin:0'>{''.join(rows)}</ul>" if rows else ""
 
 
-def _button(w: Any, description: str, css: str, icon: str = "") -> Any:
-    button = w.Button(description=description, icon=icon, layout=w.Layout(width="auto"))
-    button.add_class(css)
-    return button
-
 
 def _step_label(record: Mapping[str, Any]) -> str:
     notes = []
@@ -715,18 +700,7 @@ def _step_label(record: Mapping[str, Any]) -> str:
     return f"{record['step']}: {record['name']}" + (f" ({', '.join(notes)})" if notes else "")
 
 
-def error_text(err: BaseException) -> str:
-    """``'KindError: message'`` (without the quotes ``str(KeyError)`` adds)."""
-    text = err.args[0] if isinstance(err, KeyError) and err.args else err
-    return f"{type(err).__name__}: {text}"
-
-
-def _status_html(text: str, error: bool = False) -> str:
-    import html
-
-    color = "#b00020" if error else "inherit"
-    return f"<span style='color:{color}'>{html.escape(text)}</span>"
 
 
 __all__ = ["DatasetBrowser", "BrowserSample", "DrawOptions", "load_dataset", "box_table",
-           "class_stats", "stats_figure", "draw_step", "message_image", "error_text"]
+           "class_stats", "stats_figure", "draw_step", "message_image"]

@@ -15,17 +15,15 @@ Everything the controls do is a plain method (:meth:`ErrorBrowser.filter`, ``sho
 
 from __future__ import annotations
 
-import contextlib
-import html
 import math
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from detlab.evaluation.matching import ERROR_TYPES, find_tp_column, table_thresholds
-from detlab.viz.widgets.base import WidgetView, array_png
+from detlab.viz.widgets.base import ControlsMixin, WidgetView, array_png, make_button, status_html
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -256,7 +254,7 @@ def message_picture(text: str, size: tuple[int, int] = (120, 480)) -> np.ndarray
 # --------------------------------------------------------------------------------------------
 
 
-class ErrorBrowser(WidgetView):
+class ErrorBrowser(ControlsMixin, WidgetView):
     """Step through the images of a match table, showing the detections and missed ground
     truths that pass a filter.
 
@@ -434,8 +432,8 @@ class ErrorBrowser(WidgetView):
                                          description="score", continuous_update=False)
         self._iou = w.FloatRangeSlider(value=(0.0, 1.0), min=0.0, max=1.0, step=0.01,
                                        description="IoU", continuous_update=False)
-        self._prev = _button(w, "prev", "detlab-errors-prev", "arrow-left")
-        self._next = _button(w, "next", "detlab-errors-next", "arrow-right")
+        self._prev = make_button(w, "prev", "detlab-errors-prev", "arrow-left")
+        self._next = make_button(w, "next", "detlab-errors-next", "arrow-right")
         self._index = w.IntSlider(value=0, min=0, max=0, description="image",
                                   continuous_update=False)
         self._image = w.Image(format="png", layout=w.Layout(max_width="100%"))
@@ -485,30 +483,14 @@ class ErrorBrowser(WidgetView):
         if not self._syncing and self.images:
             self._safely(self.show, self.images[int(change["new"])])
 
-    def _safely(self, method: Any, *args: Any, **kwargs: Any) -> None:
-        """Run a control's action; an error is shown under the controls (a callback's
-        exception would otherwise only reach the browser's console)."""
-        try:
-            method(*args, **kwargs)
-        except Exception as err:  # any failure is reported to the user
-            self._sync_controls()
-            self._status.value = _status_html(f"{type(err).__name__}: {err}", error=True)
 
-    @contextlib.contextmanager
-    def _quiet(self) -> Iterator[None]:
-        """Set control values without their callbacks acting on them."""
-        self._syncing = True
-        try:
-            yield
-        finally:
-            self._syncing = False
 
     def _refresh(self) -> None:
         """Bring the controls and the picture in line with the state."""
         self._png = array_png(self.view_image())
         self._sync_controls()
         self._image.value = self._png
-        self._info.value = _status_html(self.summary().removeprefix("ErrorBrowser: "))
+        self._info.value = status_html(self.summary().removeprefix("ErrorBrowser: "))
         self._rows_html.value = _rows_table(self.current_rows)
         self._status.value = ""
 
@@ -537,15 +519,6 @@ def _rows_table(rows: pd.DataFrame) -> str:
                                       na_rep="")
 
 
-def _button(w: Any, description: str, css: str, icon: str = "") -> Any:
-    button = w.Button(description=description, icon=icon, layout=w.Layout(width="auto"))
-    button.add_class(css)
-    return button
-
-
-def _status_html(text: str, error: bool = False) -> str:
-    color = "#b00020" if error else "inherit"
-    return f"<span style='color:{color}'>{html.escape(text)}</span>"
 
 
 __all__ = ["ErrorBrowser", "ImageSource", "filter_rows", "row_status", "order_images",

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from detlab.structures import DetResult
-from detlab.viz.widgets.base import WidgetView, array_png, figure_png
+from detlab.viz.widgets.base import ControlsMixin, WidgetView, array_png, figure_png, status_html
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -203,7 +203,7 @@ class EvalTarget:
 # --------------------------------------------------------------------------------------------
 
 
-class RescoreExplorer(WidgetView):
+class RescoreExplorer(ControlsMixin, WidgetView):
     """Sliders for the score threshold, the NMS IoU and the detections kept per image, applied
     to cached raw detections (:func:`cache_raw_detections`); each setting shows its COCO
     metrics, precision-recall curves and confusion matrix.
@@ -352,12 +352,8 @@ class RescoreExplorer(WidgetView):
     def _on_control(self, change: Mapping[str, Any]) -> None:
         if self._syncing:
             return
-        try:
-            self.set(score_thr=self._score.value, nms_iou=self._nms.value,
+        self._safely(self.set, score_thr=self._score.value, nms_iou=self._nms.value,
                      max_dets=self._max_dets.value, class_agnostic=self._agnostic.value)
-        except Exception as err:  # any failure is reported to the user
-            self._sync_controls()
-            self._status.value = _status_html(f"{type(err).__name__}: {err}", error=True)
 
     def _refresh(self) -> None:
         """Bring the controls, the metrics and the picture in line with the state."""
@@ -366,20 +362,17 @@ class RescoreExplorer(WidgetView):
         self._image.value = self._png
         self._metrics_html.value = _metrics_html(self.metrics)
         below = self.settings["score_thr"] < self.floor
-        self._status.value = _status_html(
+        self._status.value = status_html(
             f"the cache holds no detection scoring {self.floor:.2f} or less: a lower "
             f"threshold gives what it gives at {self.floor:.2f}") if below else ""
 
     def _sync_controls(self) -> None:
         s = self.settings
-        self._syncing = True
-        try:
+        with self._quiet():
             self._score.value = max(float(s["score_thr"]), self.floor)
             self._nms.value = float(s["nms_iou"])
             self._max_dets.value = min(max(int(s["max_dets"]), 1), self.budget)
             self._agnostic.value = bool(s["class_agnostic"])
-        finally:
-            self._syncing = False
 
 
 def _png_array(png: bytes) -> np.ndarray:
@@ -395,10 +388,6 @@ def _metrics_html(metrics: Mapping[str, float]) -> str:
                      for v in metrics.values())
     return f"<table><tr>{cells}</tr><tr>{values}</tr></table>"
 
-
-def _status_html(text: str, error: bool = False) -> str:
-    color = "#b00020" if error else "inherit"
-    return f"<span style='color:{color}'>{html.escape(text)}</span>"
 
 
 __all__ = ["RescoreExplorer", "cache_raw_detections", "rescore", "rescore_result",

@@ -15,7 +15,6 @@ the AP of each class side by side.
 from __future__ import annotations
 
 import glob
-import html
 import io
 import os
 from collections.abc import Mapping, Sequence
@@ -24,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from detlab.viz.widgets.base import WidgetView, array_png, figure_png
+from detlab.viz.widgets.base import ControlsMixin, WidgetView, array_png, figure_png, status_html
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -320,7 +319,7 @@ def _png_array(png: bytes) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-class RunComparer(WidgetView):
+class RunComparer(ControlsMixin, WidgetView):
     """Training runs side by side: their config differences, final metrics and training time
     (:meth:`table`), the curves of chosen log keys overlaid (:meth:`plot`), and the AP of each
     class (:meth:`class_ap`).
@@ -491,12 +490,6 @@ class RunComparer(WidgetView):
         if not self._syncing and change["new"]:
             self._safely(self.plot, list(change["new"]))
 
-    def _safely(self, method: Any, *args: Any) -> None:
-        """Run a control's action; an error is shown under the controls."""
-        try:
-            method(*args)
-        except Exception as err:  # any failure is reported to the user
-            self._status.value = _status_html(f"{type(err).__name__}: {err}", error=True)
 
     def _refresh(self) -> None:
         """Bring the controls, the tables and the picture in line with the state."""
@@ -508,16 +501,13 @@ class RunComparer(WidgetView):
             float_format=lambda v: f"{v:.4g}", na_rep="-")
         frame = self.class_ap()
         class_html = "" if frame is None else frame.to_html(float_format=lambda v: f"{v:.3f}")
-        note = _status_html(self.class_ap_note) if self.class_ap_note else ""
+        note = status_html(self.class_ap_note) if self.class_ap_note else ""
         self._class_html.value = class_html + note
         problems = [f"{r.name}: {p}" for r in self.runs for p in r.problems]
-        self._status.value = _status_html("; ".join(problems)) if problems else ""
-        self._syncing = True
-        try:
+        self._status.value = status_html("; ".join(problems)) if problems else ""
+        with self._quiet():
             self._keys.options = list(dict.fromkeys([*self.available_keys(), *self.keys]))
             self._keys.value = tuple(self.keys)
-        finally:
-            self._syncing = False
 
 
 def _named_dirs(work_dirs: Sequence[str | os.PathLike] | Mapping[str, str | os.PathLike]
@@ -541,10 +531,6 @@ def _named_dirs(work_dirs: Sequence[str | os.PathLike] | Mapping[str, str | os.P
         raise ValueError("RunComparer needs at least one work_dir")
     return named
 
-
-def _status_html(text: str, error: bool = False) -> str:
-    color = "#b00020" if error else "inherit"
-    return f"<span style='color:{color}'>{html.escape(text)}</span>"
 
 
 __all__ = ["RunComparer", "RunRecord", "load_run", "final_metrics", "training_time",
