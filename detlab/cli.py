@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from detlab import __version__
 
@@ -248,8 +249,18 @@ def _add_nb(subparsers: argparse._SubParsersAction) -> None:
     grid.add_argument("--out", required=True, help="folder of the runs (one subfolder each)")
     grid.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
                       metavar=("KEY", "VALUE"), help="a parameter shared by every run")
+    grid.add_argument("--run-folders", nargs="+", default=[], metavar="PARAM",
+                      help="parameters that are folders each run needs to itself (work_dir): "
+                           "each run gets OUT/<run>/PARAM")
     grid.add_argument("--cwd", default=".", help="working directory of the kernels")
     grid.add_argument("--timeout", type=float, help="seconds a cell may run")
+
+
+def _last_line(text: Any) -> Any:
+    if not isinstance(text, str):
+        return text
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else text
 
 
 def _run_nb(args: argparse.Namespace) -> int:
@@ -261,9 +272,13 @@ def _run_nb(args: argparse.Namespace) -> int:
     parameters = {key: parse_value(value) for key, value in args.parameter}
     if args.nb_action == "sweep":
         frame = sweep(args.notebook, parse_cfg_options(args.grid), args.out,
-                      base_parameters=parameters, cwd=args.cwd, timeout=args.timeout)
-        shown = [c for c in frame.columns if c not in ("output", "run_dir", "failed_source")]
-        print(frame[shown].to_string(index=False))
+                      base_parameters=parameters, cwd=args.cwd, timeout=args.timeout,
+                      run_folders=args.run_folders)
+        shown = frame[[c for c in frame.columns
+                       if c not in ("output", "run_dir", "failed_source")]].copy()
+        if "error" in shown:  # a traceback's last line says what failed; the csv keeps it all
+            shown["error"] = shown["error"].map(_last_line)
+        print(shown.to_string(index=False))
         print(f"table: {os.path.join(args.out, 'sweep.csv')}")
         return 0 if (frame["status"] == "ok").all() else 1
     output_dir = os.path.dirname(os.path.abspath(args.output))

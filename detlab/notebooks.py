@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -315,19 +315,29 @@ def _slug(point: Mapping[str, Any]) -> str:
 
 def sweep(notebook: str, grid: Mapping[str, Any] | list[Mapping[str, Any]], output_dir: str,
           base_parameters: Mapping[str, Any] | None = None, cwd: str | None = None,
-          timeout: float | None = None, kernel_name: str | None = None):
+          timeout: float | None = None, kernel_name: str | None = None,
+          run_folders: Sequence[str] | Mapping[str, str] = ()):
     """Run ``notebook`` for every point of ``grid`` (see :func:`grid_points`), each in its own
     folder of ``output_dir``, and return a pandas DataFrame: one row a run, with its
     parameters, what it recorded, ``status`` ('ok' / 'failed'), ``error``, ``failed_cell``
     (its execution count; the injected parameters count as one) and ``failed_source``,
     ``duration`` (s), ``output`` (the executed notebook) and ``run_dir``. A failing run (an
-    error in a cell, a dead kernel, a timeout) is a row, and the sweep goes on."""
+    error in a cell, a dead kernel, a timeout) is a row, and the sweep goes on.
+
+    ``run_folders`` names the parameters that are folders each run must have to itself (a
+    ``work_dir``, or runs would write their checkpoints into one another's): each is set to
+    ``<run_dir>/<name>``, an absolute path (a mapping gives other folder names:
+    ``{'data_root': 'shapes'}``)."""
     import pandas as pd
 
+    folders = dict(run_folders) if isinstance(run_folders, Mapping) else {
+        name: name for name in run_folders}
     rows = []
     for i, point in enumerate(grid_points(grid)):
         run_dir = os.path.join(output_dir, f"run_{i:03d}_{_slug(point)}")
         parameters = dict(base_parameters or {}, **point)
+        parameters.update({name: os.path.join(os.path.abspath(run_dir), folder)
+                           for name, folder in folders.items()})
         run = run_notebook(notebook, run_dir, parameters, cwd=cwd, timeout=timeout,
                            kernel_name=kernel_name, raise_on_error=False)
         row = dict(point)

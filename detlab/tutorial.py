@@ -5,8 +5,7 @@ would otherwise spell out in more than a few lines, kept here so that the cells 
   computed by the LR hook itself, before any training;
 - :func:`checkpoint_summary`: what a checkpoint file holds;
 - :func:`panning_frames` and :func:`write_video`: a short video made of dataset images, to try
-  video inference on;
-- :func:`sweep_points`: the points of a grid, each with its own work folders.
+  video inference on.
 """
 
 from __future__ import annotations
@@ -123,22 +122,3 @@ def count_video_frames(path: str | os.PathLike) -> int:
     with av.open(os.fspath(path)) as container:
         return sum(1 for _ in container.decode(video=0))
 
-
-def sweep_points(grid: Mapping[str, Any], output_dir: str,
-                 folders: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
-    """Every combination of ``grid`` (``{parameter: [values]}``), each with parameters naming
-    folders of its own under ``output_dir``, for :func:`detlab.notebooks.sweep` -- so that runs
-    do not write their checkpoints into one another's work folder.
-
-    Args:
-        folders: ``{parameter: folder name}`` (default ``{'work_dir': 'work_dir',
-            'data_root': 'shapes'}``); run ``i`` gets ``<output_dir>/work_dirs/<i>/<folder>``.
-    """
-    from detlab.notebooks import grid_points
-
-    folders = dict(folders or {"work_dir": "work_dir", "data_root": "shapes"})
-    points = grid_points(dict(grid))
-    for i, point in enumerate(points):
-        for parameter, name in folders.items():
-            point[parameter] = os.path.join(output_dir, "work_dirs", str(i), name)
-    return points

@@ -1,22 +1,27 @@
 """run_notebook / record / sweep: parameters (tuples included), records, failures, capsules."""
 
 import json
+import os
 
 import nbformat
+import pandas as pd
 import pytest
 
+from detlab.cli import main
 from detlab.notebooks import grid_points, run_notebook, sweep
 
 
 def tiny_notebook(path):
     nb = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell("a = 1\nscale = (1, 2)\nfail = False\ncfg_options = {}")
+    params = nbformat.v4.new_code_cell("a = 1\nscale = (1, 2)\nfail = False\ncfg_options = {}\n"
+                                        "work_dir = 'shared'")
     params.metadata["tags"] = ["parameters"]
     nb.cells = [params, nbformat.v4.new_code_cell(
         "from detlab.notebooks import record\n"
         "record('a2', a * 2)\n"
         "record('scale_type', type(scale).__name__)\n"
         "record('options', cfg_options)\n"
+        "record('work_dir', work_dir)\n"
         "assert not fail, 'asked to fail'")]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
                                  "language": "python"}
@@ -35,7 +40,7 @@ def test_run_keeps_tuples_and_records_and_writes_a_capsule(tmp_path):
     run = run_notebook(notebook, str(tmp_path / "out"), dict(
         a=3, scale=(640, 480), cfg_options={"optimizer.lr": 0.01, "data.img_scale": (1, 2)}))
     assert run.status == "ok"
-    assert run.records == {"a2": 6, "scale_type": "tuple",
+    assert run.records == {"a2": 6, "scale_type": "tuple", "work_dir": "shared",
                            "options": {"optimizer.lr": 0.01, "data.img_scale": [1, 2]}}
     capsule = json.loads((tmp_path / "out" / "run.json").read_text())
     assert capsule["environment"]["torch"] and capsule["environment"]["detlab"]
@@ -46,7 +51,8 @@ def test_run_keeps_tuples_and_records_and_writes_a_capsule(tmp_path):
 @pytest.mark.slow
 def test_sweep_goes_on_after_a_failing_run(tmp_path):
     notebook = tiny_notebook(tmp_path / "tiny.ipynb")
-    frame = sweep(notebook, {"a": [1, 2], "fail": [False, True]}, str(tmp_path / "sweep"))
+    frame = sweep(notebook, {"a": [1, 2], "fail": [False, True]}, str(tmp_path / "sweep"),
+                  run_folders=["work_dir"])
     assert len(frame) == 4 and list(frame["status"]) == ["ok", "failed", "ok", "failed"]
     ok = frame[frame.status == "ok"]
     assert list(ok["a2"]) == [2, 4] and ok["error"].isna().all()
@@ -57,3 +63,26 @@ def test_sweep_goes_on_after_a_failing_run(tmp_path):
     assert (tmp_path / "sweep" / "sweep.csv").exists()
     for run_dir in frame["run_dir"]:
         assert json.loads(open(f"{run_dir}/run.json").read())["parameters"]
+    # each run had a work folder of its own, inside its run folder
+    assert list(ok["work_dir"]) == [os.path.join(d, "work_dir") for d in ok["run_dir"]]
+
+
+@pytest.mark.slow
+def test_nb_run_and_nb_sweep_on_the_command_line(tmp_path, capsys):
+    notebook = tiny_notebook(tmp_path / "tiny.ipynb")
+    out = tmp_path / "run" / "tiny_out.ipynb"
+    assert main(["nb", "run", notebook, str(out), "-p", "a", "4", "-p", "scale", "(3,4)"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("ok: ") and "a2: 8" in printed and "scale_type: tuple" in printed
+    assert out.exists() and (tmp_path / "run" / "run.json").exists()
+    # a failing run makes the command fail, and every run is still in the table
+    status = main(["nb", "sweep", notebook, "--grid", "a=1,2", "fail=false,true", "--out",
+                   str(tmp_path / "sweep"), "-p", "scale", "(5,6)", "--run-folders", "work_dir"])
+    assert status == 1
+    table = pd.read_csv(tmp_path / "sweep" / "sweep.csv")
+    assert list(table["status"]) == ["ok", "failed", "ok", "failed"]
+    # a failed run keeps what it recorded before the failing line
+    assert list(table["a2"]) == [2, 2, 4, 4] and set(table["scale_type"]) == {"tuple"}
+    assert table["work_dir"].str.endswith("work_dir").all() and table["work_dir"].nunique() == 4
+    shown = capsys.readouterr().out  # the table printed: each error as its last line
+    assert shown.count("AssertionError: asked to fail") == 2 and "Traceback" not in shown

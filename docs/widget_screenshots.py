@@ -1,0 +1,142 @@
+"""Screenshots of detlab's widgets as JupyterLab shows them, for the README.
+
+    .venv/bin/python docs/widget_screenshots.py [--out docs/widgets]
+
+Generates a small shapes dataset, trains two tiny runs, writes a notebook that builds each
+widget, runs it in JupyterLab (127.0.0.1, token) through Debian's Chromium (Playwright) and saves
+a picture of each widget. Needs `chromium` (apt-get install chromium).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+import nbformat
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WIDGETS = {  # root CSS class -> file name
+    "detlab-dataset-browser": "dataset_browser.png",
+    "detlab-config-editor": "config_editor.png",
+    "detlab-training-monitor": "training_monitor.png",
+    "detlab-error-browser": "error_browser.png",
+    "detlab-rescore-explorer": "rescore_explorer.png",
+    "detlab-run-comparer": "run_comparer.png",
+}
+
+SETUP = """\
+import detlab, os
+from detlab.notebooks import quickstart_overrides
+from detlab.evaluation import match_detections
+root = {root!r}
+detlab.make_shapes_dataset(os.path.join(root, "shapes"), num_train=300, num_val=24,
+                           image_size=160, seed=0)
+cfg = detlab.Config.fromfile({config!r})
+cfg.merge_from_dict(quickstart_overrides(cfg, os.path.join(root, "shapes"), 160, 6))
+cfg.merge_from_dict({{"evaluation.interval": 1}})
+runs = [detlab.train(cfg, work_dir=os.path.join(root, f"run_lr{{lr}}"), progress=False,
+                     cfg_options={{"optimizer.lr": lr}}) for lr in (0.001, 0.0005)]
+output = detlab.test(cfg, runs[0].checkpoint, eval=["bbox"], split="val", progress=False)
+val_set = detlab.build_dataset(cfg.data.val, dict(test_mode=True))
+table = match_detections(val_set.to_coco(), output["results"], img_ids=val_set.coco_image_ids(),
+                         cat_ids=val_set.cat_ids)"""
+
+CELLS = [
+    "from detlab.viz.widgets import DatasetBrowser\nDatasetBrowser(cfg)",
+    "from detlab.viz.widgets import ConfigEditor\neditor = ConfigEditor({config!r})\n"
+    "editor.set('optimizer.lr', 0.005)\neditor.set('model.bbox_head.stacked_conv', 3)\n"
+    "editor._tree.selected_index = 0\neditor",
+    "from detlab.viz.widgets import TrainingMonitor\nmonitor = TrainingMonitor(runs[0].work_dir)\n"
+    "monitor.refresh()\nmonitor",
+    "from detlab.viz.widgets import ErrorBrowser\nerrors = ErrorBrowser(table, val_set)\n"
+    "errors.filter(score=(0.3, 1.0))\nerrors",
+    "from detlab.viz.widgets import RescoreExplorer, cache_raw_detections\n"
+    "model = detlab.init_detector(cfg, runs[0].checkpoint)\n"
+    "RescoreExplorer(cache_raw_detections(model, val_set), val_set)",
+    "from detlab.viz.widgets import RunComparer\nRunComparer([r.work_dir for r in runs])",
+]
+
+
+def _notebook(root: str) -> str:
+    config = os.path.join(REPO, "configs", "quickstart", "retinanet_r18_fpn_shapes.py")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(SETUP.format(root=root, config=config))]
+    nb.cells += [nbformat.v4.new_code_cell(c.format(config=config)) for c in CELLS]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    path = os.path.join(root, "widgets.ipynb")
+    nbformat.write(nb, path)
+    return os.path.basename(path)
+
+
+def _start_lab(root: str) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    token = secrets.token_hex(16)
+    settings = os.path.join(root, "lab-settings", "@jupyterlab", "apputils-extension")
+    os.makedirs(settings)
+    with open(os.path.join(settings, "notification.jupyterlab-settings"), "w") as f:
+        f.write('{"fetchNews": "false", "checkForUpdates": false}')
+    env = dict(os.environ, JUPYTERLAB_SETTINGS_DIR=os.path.join(root, "lab-settings"),
+               PATH=f"{os.path.dirname(sys.executable)}:{os.environ.get('PATH', '')}")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+         f"--IdentityProvider.token={token}", "--allow-root", f"--ServerApp.root_dir={root}",
+         "--LabApp.expose_app_in_browser=True"], env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(120):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status?token={token}", timeout=2)
+            return server, f"http://127.0.0.1:{port}/lab/tree/{{}}?token={token}"
+        except OSError:
+            time.sleep(0.5)
+    server.terminate()
+    raise TimeoutError("JupyterLab did not start")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=os.path.join(REPO, "docs", "widgets"))
+    args = parser.parse_args()
+    from playwright.sync_api import sync_playwright
+
+    os.makedirs(args.out, exist_ok=True)
+    root = tempfile.mkdtemp(prefix="detlab-shots-")
+    server, url = _start_lab(root)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=[
+                "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update",
+                "--disable-sync"])
+            page = browser.new_page(viewport={"width": 1300, "height": 1100})
+            page.goto(url.format(_notebook(root)))
+            page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell"
+                                   ".currentWidget && window.jupyterapp.shell.currentWidget"
+                                   ".sessionContext.session", timeout=90_000)
+            page.evaluate("() => { window.jupyterapp.commands.execute("
+                          "'notebook:run-all-cells'); }")
+            for css, name in WIDGETS.items():
+                element = page.wait_for_selector(f".{css}", timeout=600_000)
+                element.scroll_into_view_if_needed()
+                page.wait_for_timeout(1500)  # let the picture arrive
+                element.screenshot(path=os.path.join(args.out, name))
+                print("saved", name)
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait(20)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
