@@ -2,7 +2,8 @@
 
     .venv/bin/python docs/widget_screenshots.py [--out docs/widgets]
 
-Generates a small shapes dataset, trains two tiny runs, writes a notebook that builds each
+Generates the quickstart's shapes dataset, trains two quickstart runs (learning rates 1e-3 and
+5e-4, about 5 minutes each on a CPU), writes a notebook that builds each
 widget, runs it in JupyterLab (127.0.0.1, token) through Debian's Chromium (Playwright) and saves
 a picture of each widget. Needs `chromium` (apt-get install chromium).
 """
@@ -37,10 +38,10 @@ import detlab, os
 from detlab.notebooks import quickstart_overrides
 from detlab.evaluation import match_detections
 root = {root!r}
-detlab.make_shapes_dataset(os.path.join(root, "shapes"), num_train=300, num_val=24,
-                           image_size=160, seed=0)
+detlab.make_shapes_dataset(os.path.join(root, "shapes"), num_train=600, num_val=40,
+                           image_size=192, seed=0)
 cfg = detlab.Config.fromfile({config!r})
-cfg.merge_from_dict(quickstart_overrides(cfg, os.path.join(root, "shapes"), 160, 6))
+cfg.merge_from_dict(quickstart_overrides(cfg, os.path.join(root, "shapes"), 192, 6))
 cfg.merge_from_dict({{"evaluation.interval": 1}})
 runs = [detlab.train(cfg, work_dir=os.path.join(root, f"run_lr{{lr}}"), progress=False,
                      cfg_options={{"optimizer.lr": lr}}) for lr in (0.001, 0.0005)]
@@ -50,10 +51,11 @@ table = match_detections(val_set.to_coco(), output["results"], img_ids=val_set.c
                          cat_ids=val_set.cat_ids)"""
 
 CELLS = [
-    "from detlab.viz.widgets import DatasetBrowser\nDatasetBrowser(cfg)",
+    "from detlab.viz.widgets import DatasetBrowser\nbrowser = DatasetBrowser(cfg)\n"
+    "browser.show(3)\nbrowser",
     "from detlab.viz.widgets import ConfigEditor\neditor = ConfigEditor({config!r})\n"
     "editor.set('optimizer.lr', 0.005)\neditor.set('model.bbox_head.stacked_conv', 3)\n"
-    "editor._tree.selected_index = 0\neditor",
+    "editor.open('model')\neditor",
     "from detlab.viz.widgets import TrainingMonitor\nmonitor = TrainingMonitor(runs[0].work_dir)\n"
     "monitor.refresh()\nmonitor",
     "from detlab.viz.widgets import ErrorBrowser\nerrors = ErrorBrowser(table, val_set)\n"
@@ -118,15 +120,16 @@ def main() -> None:
                 "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update",
                 "--disable-sync"])
-            page = browser.new_page(viewport={"width": 1300, "height": 1100})
+            page = browser.new_page(viewport={"width": 1300, "height": 3200})
             page.goto(url.format(_notebook(root)))
             page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell"
                                    ".currentWidget && window.jupyterapp.shell.currentWidget"
                                    ".sessionContext.session", timeout=90_000)
             page.evaluate("() => { window.jupyterapp.commands.execute("
                           "'notebook:run-all-cells'); }")
+            # the set-up cell trains two runs: the first widget comes after some minutes
             for css, name in WIDGETS.items():
-                element = page.wait_for_selector(f".{css}", timeout=600_000)
+                element = page.wait_for_selector(f".{css}", timeout=2_400_000)
                 element.scroll_into_view_if_needed()
                 page.wait_for_timeout(1500)  # let the picture arrive
                 element.screenshot(path=os.path.join(args.out, name))

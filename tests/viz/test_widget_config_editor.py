@@ -53,6 +53,13 @@ def test_the_tree_shows_values_and_the_files_that_set_them(editor):
     bundle = editor._repr_mimebundle_()
     assert "application/vnd.jupyter.widget-view+json" in bundle and "image/png" in bundle
     assert bundle["text/plain"].startswith("ConfigEditor: retinanet_r18_fpn_shapes.py, 0 ")
+    closed = editor.render_png()
+    editor.open("data")  # the picture lists the open section's keys
+    assert editor._open_section() == "data" and editor.render_png() != closed
+    with pytest.raises(KeyError, match="Did you mean 'data'"):
+        editor.open("dtaa")
+    editor.open(None)
+    assert editor._tree.selected_index is None and editor.render_png() == closed
 
 
 def test_edits_are_checked_against_the_constructors(editor):

@@ -1,5 +1,6 @@
 """RunComparer: hand-written run folders, and the folder of a real tiny training run."""
 
+import io
 import json
 import shutil
 
@@ -109,6 +110,10 @@ def test_widget_controls_and_display_data(runs):
     comparer._keys.value = ("lr",)
     assert comparer.keys == ["lr"] and comparer.render_png() != before
     assert "bbox_mAP" in comparer._table_html.value and "<table" in comparer._class_html.value
+    # the live view shows the table as HTML only; the static picture (for reports) draws it
+    live = np.asarray(Image.open(io.BytesIO(comparer._image.value)))
+    static = np.asarray(Image.open(io.BytesIO(comparer.render_png())))
+    assert live.shape[0] < static.shape[0] and live.shape[1] <= static.shape[1]
 
 
 def _walk(widget):

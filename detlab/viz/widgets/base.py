@@ -85,9 +85,16 @@ def status_html(text: str, error: bool = False) -> str:
 
 def make_button(w: Any, description: str, css: str, icon: str = "") -> Any:
     """An ``ipywidgets.Button`` with the CSS class ``css`` (what browser tests click)."""
-    button = w.Button(description=description, icon=icon, layout=w.Layout(width="auto"))
+    button = w.Button(description=description, icon=icon,
+                      layout=w.Layout(width="auto", flex="0 0 auto"))  # never cut to "..."
     button.add_class(css)
     return button
+
+
+def control_row(w: Any, children: list[Any]) -> Any:
+    """An ``ipywidgets.HBox`` of controls that wraps onto a second line in a narrow notebook
+    instead of squeezing its buttons."""
+    return w.HBox(children, layout=w.Layout(width="100%", flex_flow="row wrap"))
 
 
 class ControlsMixin:

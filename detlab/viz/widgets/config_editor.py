@@ -26,7 +26,7 @@ from typing import Any
 
 from detlab.config import Config, ConfigDiff, ConfigError, closest, load_config, parse_value
 from detlab.config import _to_plain as _plain
-from detlab.viz.widgets.base import ControlsMixin, WidgetView, array_png
+from detlab.viz.widgets.base import ControlsMixin, WidgetView, array_png, control_row, make_button
 
 EDIT_SOURCE = "ConfigEditor"
 _TOP_LEVEL = "(top-level values)"
@@ -632,26 +632,24 @@ class ConfigEditor(ControlsMixin, WidgetView):
         self._tree = w.Accordion()
         self._key = w.Combobox(placeholder="dotted key, e.g. model.bbox_head.num_classes",
                                description="key", ensure_option=False,
-                               layout=w.Layout(width="420px"))
+                               layout=w.Layout(flex="2 1 300px", width="auto"))
         self._value = w.Text(description="value", placeholder="3, 0.01, [1,2], (640,480)",
-                             layout=w.Layout(width="320px"))
-        self._apply = w.Button(description="set", icon="check", layout=w.Layout(width="auto"))
-        self._reset = w.Button(description="reset", icon="undo", layout=w.Layout(width="auto"))
+                             layout=w.Layout(flex="1 1 220px", width="auto"))
+        self._apply = make_button(w, "set", "detlab-apply", "check")
+        self._reset = make_button(w, "reset", "detlab-reset", "undo")
         self._path = w.Text(description="save as", placeholder="my_config.py",
-                            layout=w.Layout(width="420px"))
-        self._save = w.Button(description="save", icon="save", layout=w.Layout(width="auto"))
+                            layout=w.Layout(flex="2 1 300px", width="auto"))
+        self._save = make_button(w, "save", "detlab-save", "save")
         for widget, css in ((self._header, "detlab-config-header"), (self._status, "detlab-status"),
                             (self._problems, "detlab-problems"), (self._diff, "detlab-diff"),
                             (self._tree, "detlab-config-tree"), (self._key, "detlab-key"),
-                            (self._value, "detlab-value"), (self._apply, "detlab-apply"),
-                            (self._reset, "detlab-reset"), (self._path, "detlab-save-path"),
-                            (self._save, "detlab-save")):
+                            (self._value, "detlab-value"), (self._path, "detlab-save-path")):
             widget.add_class(css)
         self._connect()
-        self.widget = w.VBox([self._header, w.HBox([self._key, self._value, self._apply,
-                                                    self._reset]),
+        self.widget = w.VBox([self._header,
+                              control_row(w, [self._key, self._value, self._apply, self._reset]),
                               self._status, self._problems, self._diff, self._tree,
-                              w.HBox([self._path, self._save])])
+                              control_row(w, [self._path, self._save])])
         self.widget.add_class("detlab-config-editor")
 
     def _connect(self) -> None:
@@ -675,6 +673,17 @@ class ConfigEditor(ControlsMixin, WidgetView):
             raise ValueError("type the path of the new config first")
         written = self.save_as(path)
         self._status.value = f"saved <code>{html.escape(written)}</code>"
+
+    def open(self, section: str | None) -> None:
+        """Expand ``section`` of the tree (a top-level key such as ``'model'``, or
+        ``'(top-level values)'``); ``None`` collapses it."""
+        names = self.sections()
+        if section is not None and section not in names:
+            from detlab.config import did_you_mean
+
+            raise KeyError(f"the config has no section {section!r}."
+                           f"{did_you_mean(section, names)}")
+        self._tree.selected_index = None if section is None else names.index(section)
 
     def _open_section(self) -> str | None:
         index = self._tree.selected_index if getattr(self, "_tree", None) else None

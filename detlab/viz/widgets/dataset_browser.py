@@ -24,6 +24,7 @@ from detlab.viz.widgets.base import (
     ControlsMixin,
     WidgetView,
     array_png,
+    control_row,
     figure_png,
     make_button,
     status_html,
@@ -602,8 +603,9 @@ class DatasetBrowser(ControlsMixin, WidgetView):
         self._style_widgets()
         self._connect()
         self.widget = w.VBox([
-            w.HBox([self._prev, self._slider, self._next, self._jump, self._go]),
-            w.HBox([self._classes, self._step_menu, self._resample, *self._toggles.values()]),
+            control_row(w, [self._prev, self._slider, self._next, self._jump, self._go]),
+            control_row(w, [self._classes, self._step_menu, self._resample,
+                            *self._toggles.values()]),
             self._status, self._tabs])
         self.widget.add_class("detlab-dataset-browser")
 

@@ -23,7 +23,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from detlab.evaluation.matching import ERROR_TYPES, find_tp_column, table_thresholds
-from detlab.viz.widgets.base import ControlsMixin, WidgetView, array_png, make_button, status_html
+from detlab.viz.widgets.base import (
+    ControlsMixin,
+    WidgetView,
+    array_png,
+    control_row,
+    make_button,
+    status_html,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -441,9 +448,9 @@ class ErrorBrowser(ControlsMixin, WidgetView):
         self._style_widgets()
         self._connect()
         self.widget = w.VBox([
-            w.HBox([self._error, self._class, self._iou_thr, self._sort]),
-            w.HBox([self._score, self._iou]),
-            w.HBox([self._prev, self._index, self._next]),
+            control_row(w, [self._error, self._class, self._iou_thr, self._sort]),
+            control_row(w, [self._score, self._iou]),
+            control_row(w, [self._prev, self._index, self._next]),
             self._status, self._info, self._image, self._rows_html])
         self.widget.add_class("detlab-error-browser")
 

@@ -25,7 +25,14 @@ import torch
 from torch import nn
 
 from detlab.structures import DetResult
-from detlab.viz.widgets.base import ControlsMixin, WidgetView, array_png, figure_png, status_html
+from detlab.viz.widgets.base import (
+    ControlsMixin,
+    WidgetView,
+    array_png,
+    control_row,
+    figure_png,
+    status_html,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -345,7 +352,8 @@ class RescoreExplorer(ControlsMixin, WidgetView):
             getattr(self, attribute).add_class(f"detlab-rescore-{css}")
         for control in (self._score, self._nms, self._max_dets, self._agnostic):
             control.observe(self._on_control, names="value")
-        self.widget = w.VBox([w.HBox([self._score, self._nms, self._max_dets, self._agnostic]),
+        controls = [self._score, self._nms, self._max_dets, self._agnostic]
+        self.widget = w.VBox([control_row(w, controls),
                               self._status, self._metrics_html, self._image])
         self.widget.add_class("detlab-rescore-explorer")
 

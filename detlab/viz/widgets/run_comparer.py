@@ -23,7 +23,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from detlab.viz.widgets.base import ControlsMixin, WidgetView, array_png, figure_png, status_html
+from detlab.viz.widgets.base import (
+    ControlsMixin,
+    WidgetView,
+    array_png,
+    control_row,
+    figure_png,
+    status_html,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -301,6 +308,8 @@ def stack_pictures(pictures: Sequence[np.ndarray], titles: Sequence[str]) -> np.
     from detlab.viz.draw import image_grid
 
     titled = [image_grid([p], titles=[t]) for p, t in zip(pictures, titles, strict=True)]
+    if not titled:
+        return np.full((1, 1, 3), 255, np.uint8)
     width = max(p.shape[1] for p in titled)
     padded = [np.pad(p, ((0, 8), (0, width - p.shape[1]), (0, 0)), constant_values=255)
               for p in titled]
@@ -348,7 +357,6 @@ class RunComparer(ControlsMixin, WidgetView):
         self._class_ap: pd.DataFrame | None = None
         self._class_ap_done = False
         self._syncing = False
-        self._png = b""
         self.reload(refresh=False)
         self.keys = list(keys) if keys else self._default_keys()
         self._build_widgets()
@@ -438,10 +446,13 @@ class RunComparer(ControlsMixin, WidgetView):
 
     # ---- pictures ------------------------------------------------------------------------
 
-    def view_image(self) -> np.ndarray:
-        """The run table, the curves and the per-class AP stacked, as ``H x W x 3`` RGB."""
-        pictures = [_png_array(figure_png(table_figure(self.table())))]
-        titles = ["runs"]
+    def view_image(self, with_table: bool = True) -> np.ndarray:
+        """The run table (unless ``with_table`` is false: the live view shows it as HTML),
+        the curves and the per-class AP stacked, as ``H x W x 3`` RGB."""
+        pictures, titles = [], []
+        if with_table:
+            pictures.append(_png_array(figure_png(table_figure(self.table()))))
+            titles.append("runs")
         if any(r.json_log for r in self.runs):
             pictures.append(_png_array(figure_png(self.plot())))
             titles.append(", ".join(self.keys))
@@ -453,7 +464,7 @@ class RunComparer(ControlsMixin, WidgetView):
 
     def render_png(self) -> bytes:
         """The table, the curves and the per-class AP of the runs, as PNG."""
-        return self._png or array_png(self.view_image())
+        return array_png(self.view_image())
 
     def summary(self) -> str:
         metric = next((k for run in self.runs for k in final_metrics(run.rows)
@@ -482,7 +493,7 @@ class RunComparer(ControlsMixin, WidgetView):
             getattr(self, attribute).add_class(f"detlab-runs-{css}")
         self._keys.observe(self._on_keys, names="value")
         self._reload.on_click(lambda _: self._safely(self.reload))
-        self.widget = w.VBox([w.HBox([self._keys, self._reload]), self._status,
+        self.widget = w.VBox([control_row(w, [self._keys, self._reload]), self._status,
                               self._table_html, self._image, self._class_html])
         self.widget.add_class("detlab-run-comparer")
 
@@ -495,8 +506,7 @@ class RunComparer(ControlsMixin, WidgetView):
         """Bring the controls, the tables and the picture in line with the state."""
         if not hasattr(self, "_image"):
             return
-        self._png = array_png(self.view_image())
-        self._image.value = self._png
+        self._image.value = array_png(self.view_image(with_table=False))
         self._table_html.value = self.table().to_html(
             float_format=lambda v: f"{v:.4g}", na_rep="-")
         frame = self.class_ap()

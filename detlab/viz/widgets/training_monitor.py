@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from detlab.engine.hooks import Hook
-from detlab.viz.widgets.base import WidgetView
+from detlab.viz.widgets.base import WidgetView, control_row
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -470,7 +470,7 @@ class TrainingMonitor(WidgetView):
         self._refresh_button.on_click(lambda _: self.refresh())
         self._auto.observe(self._on_auto, names="value")
         controls = [self._refresh_button] + ([self._auto] if self.work_dir is not None else [])
-        self.widget = w.VBox([self._status, self._image, w.HBox(controls)])
+        self.widget = w.VBox([self._status, self._image, control_row(w, controls)])
         self.widget.add_class("detlab-training-monitor")
 
     def _on_auto(self, change: Mapping[str, Any]) -> None:
