@@ -1,4 +1,4 @@
-"""The teaching notebooks (02-08) executed headless with tiny parameters, and the rules every
+"""The teaching notebooks (01-08) executed headless with tiny parameters, and the rules every
 notebook of notebooks/ follows: committed without outputs, a ``parameters`` cell first, kernelspec
 metadata, no code cell over 15 lines."""
 
@@ -84,6 +84,16 @@ def is_metric(value):
 def val_ground_truths(data_root):
     with open(os.path.join(data_root, "annotations", "instances_val.json")) as f:
         return len(json.load(f)["annotations"])
+
+
+@pytest.mark.slow
+def test_01_browse_dataset(tmp_path, one_thread):
+    records = execute("01_browse_dataset", tmp_path, data_root=str(tmp_path / "shapes"),
+                      num_train=6, num_val=2, image_size=64, index=2)
+    assert records["num_images"] == 6 and records["errors"] == 0
+    assert records["classes"] == CLASSES
+    assert records["steps"][0] == "LoadImageFromFile" and "Resize" in records["steps"]
+    assert records["steps"][-1] == "Collect"
 
 
 @pytest.mark.slow
