@@ -1,8 +1,11 @@
 """Parameterized notebooks, run headless with papermill, and the values they record.
 
->>> run = run_notebook('notebooks/00_quickstart.ipynb', 'runs/quickstart',
-...                    parameters=dict(epochs=2))
->>> run.records['bbox_mAP']
+>>> from detlab import notebooks
+>>> record = notebooks.run('notebooks/00_quickstart.ipynb', 'runs/quickstart',
+...                        parameters=dict(epochs=2, cfg_options={'optimizer.lr': 0.01}))
+>>> record.records['bbox_mAP']
+
+(``run`` is :func:`run_notebook` under its short name.)
 
 Inside a notebook, ``record(name, value)`` stores a value for the caller: it is shown in the cell
 output (so the executed notebook keeps it) and written to the run's record file.
@@ -154,6 +157,9 @@ def run_notebook(notebook: str, output_dir: str, parameters: Mapping[str, Any] |
             records_from_notebook(output) if os.path.exists(output) else {})
         write_capsule(run, output_dir, cwd or ".")
     return run
+
+
+run = run_notebook
 
 
 def _restore_env(previous: Mapping[str, str | None]) -> None:

@@ -1,4 +1,4 @@
-"""run_notebook / record / sweep: parameters (tuples included), records, failures, capsules."""
+"""notebooks.run / record / sweep: parameters (tuples included), records, failures, capsules."""
 
 import json
 import os
@@ -7,8 +7,9 @@ import nbformat
 import pandas as pd
 import pytest
 
+from detlab import notebooks
 from detlab.cli import main
-from detlab.notebooks import grid_points, run_notebook, sweep
+from detlab.notebooks import grid_points, sweep
 
 
 def tiny_notebook(path):
@@ -37,7 +38,7 @@ def test_grid_points():
 @pytest.mark.slow
 def test_run_keeps_tuples_and_records_and_writes_a_capsule(tmp_path):
     notebook = tiny_notebook(tmp_path / "tiny.ipynb")
-    run = run_notebook(notebook, str(tmp_path / "out"), dict(
+    run = notebooks.run(notebook, str(tmp_path / "out"), dict(
         a=3, scale=(640, 480), cfg_options={"optimizer.lr": 0.01, "data.img_scale": (1, 2)}))
     assert run.status == "ok"
     assert run.records == {"a2": 6, "scale_type": "tuple", "work_dir": "shared",
