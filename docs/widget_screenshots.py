@@ -45,7 +45,9 @@ cfg.merge_from_dict(quickstart_overrides(cfg, os.path.join(root, "shapes"), 192,
 cfg.merge_from_dict({{"evaluation.interval": 1}})
 runs = [detlab.train(cfg, work_dir=os.path.join(root, f"run_lr{{lr}}"), progress=False,
                      cfg_options={{"optimizer.lr": lr}}) for lr in (0.001, 0.0005)]
-output = detlab.test(cfg, runs[0].checkpoint, eval=["bbox"], split="val", progress=False)
+outputs = [detlab.test(os.path.join(r.work_dir, "config.py"), r.checkpoint, progress=False,
+                       out=os.path.join(r.work_dir, "results.pkl")) for r in runs]
+output = outputs[0]  # results.pkl in a work_dir gives RunComparer its per-class AP
 val_set = detlab.build_dataset(cfg.data.val, dict(test_mode=True))
 table = match_detections(val_set.to_coco(), output["results"], img_ids=val_set.coco_image_ids(),
                          cat_ids=val_set.cat_ids)"""
