@@ -60,13 +60,13 @@ def test_stepping_through_images_by_method_and_by_control(browser):
     png = browser.render_png()
     assert browser.next().index == 1 and browser.prev().index == 0
     assert browser.prev().index == 3  # wraps around
-    browser._slider.value = 2
+    browser._slider.value = 3  # the slider counts from 1, as "image 3/4" does
     assert browser.current.index == 2 and browser.render_png() != png
     assert browser._image.value == browser.render_png()
     _with_class(browser.widget, "detlab-next")[0].click()
     assert browser.current.index == 3
     _with_class(browser.widget, "detlab-prev")[0].click()
-    assert browser.current.index == 2 and browser._slider.value == 2
+    assert browser.current.index == 2 and browser._slider.value == 3
     assert browser.jump("im1.png").index == 1 and browser.jump(4).index == 3
     browser._jump.value = "3"  # an image id
     assert browser.current.image_id == 3
@@ -80,7 +80,7 @@ def test_class_filter(browser):
     browser.set_class("blue")
     assert browser.positions == [1, 2] and browser.current.index == 1
     assert browser.next().index == 2 and browser.next().index == 1
-    assert browser._classes.value == "blue" and browser._slider.max == 1
+    assert browser._classes.value == "blue" and browser._slider.max == 2
     browser.show(3)  # no blue box: the filter goes
     assert browser.positions == [0, 1, 2, 3] and browser._classes.value == ALL_CLASSES
     browser._classes.value = "green"

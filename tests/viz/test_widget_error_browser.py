@@ -127,8 +127,8 @@ def test_controls_drive_the_methods(browser):
     browser._iou_thr.value = 0.75
     assert len(browser.rows) == 2 and browser.iou_thr == 0.75
     browser._sort.value = "image id"
-    browser._index.value = 1
-    assert browser.current == browser.images[1]
+    browser._index.value = 2  # counts from 1
+    assert browser.current == browser.images[1] and browser._index.max == len(browser.images)
     browser._score.value = (0.92, browser._score.max)
     assert browser.rows["score"].tolist() == [pytest.approx(0.95)]
     browser._class.value = "red"

@@ -581,7 +581,7 @@ class DatasetBrowser(ControlsMixin, WidgetView):
 
         self._prev = make_button(w, "prev", "detlab-prev", "arrow-left")
         self._next = make_button(w, "next", "detlab-next", "arrow-right")
-        self._slider = w.IntSlider(value=0, min=0, max=len(self._positions) - 1,
+        self._slider = w.IntSlider(value=1, min=1, max=max(1, len(self._positions)),
                                    description="image", continuous_update=False)
         self._jump = w.Text(placeholder="image id or file name", description="jump to",
                             continuous_update=False)
@@ -636,7 +636,7 @@ class DatasetBrowser(ControlsMixin, WidgetView):
 
     def _on_slider(self, change: Mapping[str, Any]) -> None:
         if not self._syncing:
-            self._safely(self.show, self._positions[int(change["new"])])
+            self._safely(self.show, self._positions[int(change["new"]) - 1])
 
     def _on_jump(self, change: Mapping[str, Any]) -> None:
         if not self._syncing and str(change["new"]).strip():
@@ -672,8 +672,8 @@ class DatasetBrowser(ControlsMixin, WidgetView):
 
     def _sync_controls(self) -> None:
         with self._quiet():
-            self._slider.max = max(0, len(self._positions) - 1)
-            self._slider.value = self._positions.index(self._index)
+            self._slider.max = max(1, len(self._positions))  # 1-based, as "image 4/600" reads
+            self._slider.value = self._positions.index(self._index) + 1
             self._classes.value = self._class or ALL_CLASSES
             self._step_menu.options = [(_step_label(r), r["step"]) for r in self._steps]
             self._step_menu.value = self._steps[self.step_index]["step"]

@@ -441,7 +441,7 @@ class ErrorBrowser(ControlsMixin, WidgetView):
                                        description="IoU", continuous_update=False)
         self._prev = make_button(w, "prev", "detlab-errors-prev", "arrow-left")
         self._next = make_button(w, "next", "detlab-errors-next", "arrow-right")
-        self._index = w.IntSlider(value=0, min=0, max=0, description="image",
+        self._index = w.IntSlider(value=1, min=1, max=1, description="image",
                                   continuous_update=False)
         self._image = w.Image(format="png", layout=w.Layout(max_width="100%"))
         self._info, self._rows_html, self._status = w.HTML(), w.HTML(), w.HTML()
@@ -488,9 +488,7 @@ class ErrorBrowser(ControlsMixin, WidgetView):
 
     def _on_index(self, change: Mapping[str, Any]) -> None:
         if not self._syncing and self.images:
-            self._safely(self.show, self.images[int(change["new"])])
-
-
+            self._safely(self.show, self.images[int(change["new"]) - 1])
 
     def _refresh(self) -> None:
         """Bring the controls and the picture in line with the state."""
@@ -512,8 +510,8 @@ class ErrorBrowser(ControlsMixin, WidgetView):
             self._sort.value = self.sort
             self._score.value = tuple(s.get("score") or (self._score.min, self._score.max))
             self._iou.value = tuple(s.get("iou") or (0.0, 1.0))
-            self._index.max = max(0, len(self.images) - 1)
-            self._index.value = self.position or 0
+            self._index.max = max(1, len(self.images))  # 1-based, as "image 5/40" reads
+            self._index.value = (self.position or 0) + 1
 
 
 _ROW_COLUMNS = ["status", "error", "class", "score", "iou", "gt_id", "x1", "y1", "x2", "y2"]
