@@ -148,6 +148,8 @@ def run_notebook(notebook: str, output_dir: str, parameters: Mapping[str, Any] |
         run.status, run.error = "failed", f"{type(err).__name__}: {err}"
         run.failed_cell = getattr(err, "exec_count", None)
         run.failed_source = getattr(err, "source", None)
+        if run.failed_cell is None and os.path.exists(output):  # a timeout, a dead kernel
+            run.failed_cell, run.failed_source = _last_started_cell(output)
         if raise_on_error:
             raise
     finally:
@@ -160,6 +162,24 @@ def run_notebook(notebook: str, output_dir: str, parameters: Mapping[str, Any] |
 
 
 run = run_notebook
+
+
+def _last_started_cell(path: str) -> tuple[int | None, str | None]:
+    """The execution count and source of the last code cell papermill started in the notebook
+    at ``path``: after a timeout or a dead kernel (which papermill does not attribute to a
+    cell), the one that was running."""
+    import nbformat
+
+    try:
+        nb = nbformat.read(path, as_version=4)
+    except Exception:  # an unreadable output: nothing to say
+        return None, None
+    started = [(i, cell) for i, cell in enumerate(c for c in nb.cells if c.cell_type == "code")
+               if cell.metadata.get("papermill", {}).get("start_time")]
+    if not started:
+        return None, None
+    position, cell = started[-1]
+    return cell.get("execution_count") or position + 1, cell.source
 
 
 def _restore_env(previous: Mapping[str, str | None]) -> None:

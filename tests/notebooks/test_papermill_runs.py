@@ -87,3 +87,31 @@ def test_nb_run_and_nb_sweep_on_the_command_line(tmp_path, capsys):
     assert table["work_dir"].str.endswith("work_dir").all() and table["work_dir"].nunique() == 4
     shown = capsys.readouterr().out  # the table printed: each error as its last line
     assert shown.count("AssertionError: asked to fail") == 2 and "Traceback" not in shown
+
+
+@pytest.mark.slow
+def test_sweep_goes_on_after_a_timeout_and_a_dead_kernel(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell("how = 'ok'")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(
+        "import os, time\n"
+        "from detlab.notebooks import record\n"
+        "record('started', how)\n"
+        "if how == 'hang':\n"
+        "    time.sleep(60)\n"
+        "if how == 'die':\n"
+        "    os._exit(1)\n"
+        "record('finished', True)")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    path = tmp_path / "fragile.ipynb"
+    nbformat.write(nb, str(path))
+    frame = sweep(str(path), {"how": ["hang", "die", "ok"]}, str(tmp_path / "sweep"), timeout=5)
+    hang, die, ok = (frame.iloc[i] for i in range(3))
+    assert list(frame["status"]) == ["failed", "failed", "ok"]
+    assert "Timeout" in hang["error"] and hang["started"] == "hang" and hang["duration"] < 50
+    assert "DeadKernel" in die["error"] and die["started"] == "die"
+    assert ok["finished"] is True or ok["finished"] == 1.0
+    for row in (hang, die):  # the failing cell is named, with its source
+        assert row["failed_cell"] == 3 and "how ==" in row["failed_source"]
