@@ -957,7 +957,11 @@ def parse_value(text: str) -> Any:
     ``1`` -> int, ``0.1`` -> float, ``true``/``false``/``none`` (any case) -> bool/None, ``a,b`` and
     ``[a,b]`` -> list, ``(a,b)`` -> tuple, nested as in ``[(a,b),(c,d)]``; anything else a string.
     Spaces are dropped and outer quotes stripped, as MMDetection's ``DictAction`` does.
+    Beyond MMDetection, a Python dict literal (``{'optimizer.lr': 0.01}``) gives a dict: the
+    form notebook parameters such as ``cfg_options`` take on the command line.
     """
+    if text.strip().startswith("{") and text.strip().endswith("}"):
+        return _parse_dict(text.strip())
     text = text.strip("'\"").replace(" ", "")
     if not _balanced(text):
         raise ValueError(f"unbalanced brackets in option value {text!r}")
@@ -965,8 +969,9 @@ def parse_value(text: str) -> Any:
         return tuple(_parse_items(text[1:-1]))
     if text.startswith("[") and text.endswith("]"):
         return _parse_items(text[1:-1])
-    if "," in text:
-        return _parse_items(text)
+    parts = _split_top_level(text)
+    if len(parts) > 1:  # a,b is a list; a comma inside brackets alone makes no list
+        return [parse_value(part) for part in parts if part != ""]
     return _parse_scalar(text)
 
 
@@ -974,6 +979,19 @@ def _parse_items(text: str) -> list:
     if not text:
         return []
     return [parse_value(part) for part in _split_top_level(text) if part != ""]
+
+
+def _parse_dict(text: str) -> dict:
+    import ast
+
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError) as err:
+        raise ValueError(f"option value {text!r} is not a Python dict literal "
+                         f"(e.g. {{'optimizer.lr': 0.01}}): {err}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"option value {text!r} is not a dict")
+    return value
 
 
 def _parse_scalar(text: str) -> Any:

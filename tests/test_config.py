@@ -353,9 +353,16 @@ OPTION_CASES = [
     ("r=(640, 480)", {"r": (640, 480)}),
     ("s=torchvision://resnet50", {"s": "torchvision://resnet50"}),
 ]
+# beyond MMDetection: a dict literal (notebook parameters such as cfg_options), and a comma
+# inside brackets alone makes no list (MMDetection's parser recurses without end on it)
+EXTENDED_CASES = [
+    ("t={'optimizer.lr': 0.01, 'img_scale': (1, 2)}",
+     {"t": {"optimizer.lr": 0.01, "img_scale": (1, 2)}}),
+    ("u=f(1,2)", {"u": "f(1,2)"}),
+]
 
 
-@pytest.mark.parametrize("option,expected", OPTION_CASES)
+@pytest.mark.parametrize("option,expected", OPTION_CASES + EXTENDED_CASES)
 def test_parse_cfg_options(option, expected):
     assert parse_cfg_options([option]) == expected
 
@@ -373,6 +380,8 @@ def test_parse_cfg_options_errors():
         parse_cfg_options(["novalue"])
     with pytest.raises(ValueError, match="unbalanced"):
         parse_value("[1,2")
+    with pytest.raises(ValueError, match="not a Python dict literal"):
+        parse_value("{'lr': }")
 
 
 def test_load_config_applies_string_options(configs):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 
 import nbformat
 import pandas as pd
@@ -47,6 +48,13 @@ def test_run_keeps_tuples_and_records_and_writes_a_capsule(tmp_path):
     assert capsule["environment"]["torch"] and capsule["environment"]["detlab"]
     assert capsule["command"].startswith("detlab nb run ") and "'(640, 480)'" in capsule["command"]
     assert capsule["records"]["a2"] == 6
+    # the capsule's command runs it again, to the same records
+    argv = shlex.split(capsule["command"])
+    assert argv[:3] == ["detlab", "nb", "run"]
+    argv[4] = str(tmp_path / "again" / "tiny.ipynb")  # the executed notebook goes elsewhere
+    assert main(argv[1:]) == 0
+    again = json.loads((tmp_path / "again" / "run.json").read_text())
+    assert again["records"] == capsule["records"] and again["parameters"] == capsule["parameters"]
 
 
 @pytest.mark.slow
