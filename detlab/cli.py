@@ -238,7 +238,7 @@ def _add_nb(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
                      metavar=("KEY", "VALUE"),
                      help="a parameter; VALUE follows the --cfg-options rules (1, 0.5, true, "
-                          "none, [1,2], (1,2), text)")
+                          "none, [1,2], (1,2), {'a.b': 1}, text)")
     run.add_argument("--cwd", default=".", help="working directory of the kernel")
     run.add_argument("--timeout", type=float, help="seconds a cell may run")
     grid = actions.add_parser("sweep", help="run a notebook over a grid of parameters")
