@@ -455,13 +455,12 @@ def browse_dataset(config_or_dataset: Any, output_dir: str | os.PathLike | None 
         dataset = _dataset_from_config(config_or_dataset, split, skip_type, cfg_options)
     else:
         dataset = _strip_dataset(config_or_dataset, skip_type)
-    from tqdm.auto import tqdm
-
+    from detlab.engine.logging import progress_bar
     from detlab.viz.draw import save_rgb
 
     count = len(dataset) if max_images is None else min(len(dataset), int(max_images))
     names, bgr, used, written = _class_names(dataset), loads_bgr(dataset), set(), []
-    for index in tqdm(range(count), desc="browse_dataset", disable=count < 2):
+    for index in progress_bar(range(count), "browse_dataset", disable=count < 2):
         results = dataset[index]
         picture = draw_sample(results, names, bgr)
         if output_dir is not None:

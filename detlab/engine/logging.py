@@ -161,3 +161,17 @@ def cal_train_time(json_log: str, include_outliers: bool = False) -> dict[str, A
     return dict(slowest_epoch=epochs[int(means.argmax())], slowest_time=float(means.max()),
                 fastest_epoch=epochs[int(means.argmin())], fastest_time=float(means.min()),
                 epoch_time_std=float(means.std()), mean_iter_time=float(every.mean()))
+
+
+def progress_bar(iterable: Any, desc: str, **kwargs: Any) -> Any:
+    """``iterable`` wrapped in a tqdm progress bar (``tqdm.auto``: a widget in a notebook, text
+    in a terminal). Not in a notebook that :func:`detlab.notebooks.run_notebook` executes
+    headless: the saved notebook would keep only the bar's first state ("0%") -- the log lines
+    tell the progress there."""
+    from detlab.notebooks import RUN_DIR_ENV
+
+    if os.environ.get(RUN_DIR_ENV):
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True, **kwargs)

@@ -67,9 +67,9 @@ def single_gpu_test(model: nn.Module, data_loader: Iterable, show_dir: str | Non
     device = next(model.parameters()).device
     batches = data_loader
     if progress and get_dist_info()[0] == 0:
-        from tqdm.auto import tqdm
+        from detlab.engine.logging import progress_bar
 
-        batches = tqdm(data_loader, desc="test", leave=False, dynamic_ncols=True)
+        batches = progress_bar(data_loader, "test")
     results: list[DetResult] = []
     for batch in batches:
         predicted = [r.cpu() for r in _predict(model, batch, device)]

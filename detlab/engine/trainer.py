@@ -24,7 +24,7 @@ from detlab.config import Config, ConfigError, load_config
 from detlab.engine.checkpoint import load_checkpoint, save_checkpoint
 from detlab.engine.dist import is_main_process, reduce_mean
 from detlab.engine.hooks import Hook, LogBuffer, priority_value
-from detlab.engine.logging import JsonLog, format_row
+from detlab.engine.logging import JsonLog, format_row, progress_bar
 from detlab.structures import Batch
 
 
@@ -167,9 +167,7 @@ class Trainer:
     def _batches(self, loader: Any, desc: str) -> Iterable:
         if not self.progress or not is_main_process():
             return loader
-        from tqdm.auto import tqdm
-
-        return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
+        return progress_bar(loader, desc)
 
     def train_epoch(self) -> None:
         self.model.train()

@@ -123,3 +123,19 @@ def test_sweep_goes_on_after_a_timeout_and_a_dead_kernel(tmp_path):
     assert ok["finished"] is True or ok["finished"] == 1.0
     for row in (hang, die):  # the failing cell is named, with its source
         assert row["failed_cell"] == 3 and "how ==" in row["failed_source"]
+
+
+def test_no_progress_bars_in_headless_runs(monkeypatch):
+    """A notebook executed by run_notebook keeps only a progress bar's first state ("0%"):
+    bars are left out there, and the log lines tell the progress."""
+    from tqdm.auto import tqdm
+
+    from detlab.engine.logging import progress_bar
+    from detlab.notebooks import RUN_DIR_ENV
+
+    items = [1, 2, 3]
+    monkeypatch.delenv(RUN_DIR_ENV, raising=False)
+    bar = progress_bar(items, "train")
+    assert isinstance(bar, tqdm) and list(bar) == items
+    monkeypatch.setenv(RUN_DIR_ENV, "/tmp/run")
+    assert progress_bar(items, "train") is items

@@ -145,6 +145,14 @@ def test_04_evaluate_and_analyze_errors(tmp_path, one_thread):
     assert records["confusion_shape"] == [4, 4] and records["ranked_images"] == 4
     assert records["browser"]["Miss"] == records["tide_counts"]["Miss"]
     assert records["rescore_reproduces_test"] is True
+    # the executed notebook reads as a report: each widget left a picture, and no progress
+    # bar was frozen at 0%
+    executed = nbformat.read(tmp_path / "run" / "04_evaluate_and_analyze_errors.ipynb", 4)
+    outputs = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs]
+    view = "application/vnd.jupyter.widget-view+json"
+    widgets = [o for o in outputs if view in o.get("data", {})]
+    assert len(widgets) >= 3 and all("image/png" in o["data"] for o in widgets)
+    assert not any("0%|" in str(o.get("data", {}).get("text/plain", "")) for o in outputs)
     assert len(records["rescored_maps"]) == 6 and all(map(is_metric, records["rescored_maps"]))
 
 
