@@ -164,14 +164,22 @@ def cal_train_time(json_log: str, include_outliers: bool = False) -> dict[str, A
 
 
 def progress_bar(iterable: Any, desc: str, **kwargs: Any) -> Any:
-    """``iterable`` wrapped in a tqdm progress bar (``tqdm.auto``: a widget in a notebook, text
-    in a terminal). Not in a notebook that :func:`detlab.notebooks.run_notebook` executes
+    """``iterable`` wrapped in a tqdm progress bar (a widget in a notebook, text in a
+    terminal), iterated once. Not in a notebook that :func:`detlab.notebooks.run_notebook` executes
     headless: the saved notebook would keep only the bar's first state ("0%") -- the log lines
     tell the progress there."""
+    import warnings
+
     from detlab.notebooks import RUN_DIR_ENV
 
     if os.environ.get(RUN_DIR_ENV):
         return iterable
-    from tqdm.auto import tqdm
+    from tqdm import TqdmExperimentalWarning
 
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TqdmExperimentalWarning)
+        # not tqdm.auto: its asyncio mix-in calls iter() on the iterable when the bar is made
+        # and again when it is iterated -- a DataLoader would start its workers twice and its
+        # sampler would skip an epoch's order
+        from tqdm.autonotebook import tqdm
     return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True, **kwargs)

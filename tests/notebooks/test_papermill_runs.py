@@ -125,17 +125,29 @@ def test_sweep_goes_on_after_a_timeout_and_a_dead_kernel(tmp_path):
         assert row["failed_cell"] == 3 and "how ==" in row["failed_source"]
 
 
-def test_no_progress_bars_in_headless_runs(monkeypatch):
-    """A notebook executed by run_notebook keeps only a progress bar's first state ("0%"):
-    bars are left out there, and the log lines tell the progress."""
-    from tqdm.auto import tqdm
+def test_progress_bars_iterate_once_and_not_in_headless_runs(monkeypatch):
+    """A bar iterates its loader once. A notebook executed by run_notebook keeps only a
+    progress bar's first state ("0%"): bars are left out there, and the log lines tell the
+    progress."""
+    from tqdm import tqdm
 
     from detlab.engine.logging import progress_bar
     from detlab.notebooks import RUN_DIR_ENV
 
-    items = [1, 2, 3]
+    class Loader:  # like a DataLoader: every iter() starts workers and draws an epoch order
+        calls = 0
+
+        def __len__(self):
+            return 3
+
+        def __iter__(self):
+            Loader.calls += 1
+            return iter([1, 2, 3])
+
+    items = Loader()
     monkeypatch.delenv(RUN_DIR_ENV, raising=False)
     bar = progress_bar(items, "train")
-    assert isinstance(bar, tqdm) and list(bar) == items
+    assert isinstance(bar, tqdm) and list(bar) == [1, 2, 3] and bar.total == 3
+    assert Loader.calls == 1  # tqdm.auto's bar would have called iter() twice
     monkeypatch.setenv(RUN_DIR_ENV, "/tmp/run")
     assert progress_bar(items, "train") is items
