@@ -1,7 +1,7 @@
 # RetinaNet sized for a CPU, trained from scratch on the generated shapes dataset
 # (`detlab make-shapes OUT --image-size 192`): a ResNet-18, a 3-level FPN of 128 channels, a
 # GroupNorm head (MMDetection's RetinaHead takes norm_cfg), anchors sized to the shapes (about
-# 15 to 85 pixels on 192-pixel images), AdamW. Six epochs of 600 images take about five minutes
+# 15 to 85 pixels on 192-pixel images), AdamW. Six epochs of 600 images take about four minutes
 # on two CPU cores.
 _base_ = [
     '../_base_/models/retinanet_r50_fpn.py',
