@@ -969,15 +969,12 @@ def parse_value(text: str) -> Any:
         return tuple(_parse_items(text[1:-1]))
     if text.startswith("[") and text.endswith("]"):
         return _parse_items(text[1:-1])
-    parts = _split_top_level(text)
-    if len(parts) > 1:  # a,b is a list; a comma inside brackets alone makes no list
-        return [parse_value(part) for part in parts if part != ""]
+    if len(_split_top_level(text)) > 1:  # a,b is a list; a comma inside brackets makes none
+        return _parse_items(text)
     return _parse_scalar(text)
 
 
 def _parse_items(text: str) -> list:
-    if not text:
-        return []
     return [parse_value(part) for part in _split_top_level(text) if part != ""]
 
 

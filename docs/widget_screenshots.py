@@ -12,16 +12,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import secrets
 import shutil
-import socket
-import subprocess
-import sys
 import tempfile
-import time
-import urllib.request
 
 import nbformat
+
+from detlab.jupyterlab import CHROMIUM_ARGS, chromium_path, jupyterlab_server, run_all_cells
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WIDGETS = {  # root CSS class -> file name
@@ -81,32 +77,6 @@ def _notebook(root: str) -> str:
     return os.path.basename(path)
 
 
-def _start_lab(root: str) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    token = secrets.token_hex(16)
-    settings = os.path.join(root, "lab-settings", "@jupyterlab", "apputils-extension")
-    os.makedirs(settings)
-    with open(os.path.join(settings, "notification.jupyterlab-settings"), "w") as f:
-        f.write('{"fetchNews": "false", "checkForUpdates": false}')
-    env = dict(os.environ, JUPYTERLAB_SETTINGS_DIR=os.path.join(root, "lab-settings"),
-               PATH=f"{os.path.dirname(sys.executable)}:{os.environ.get('PATH', '')}")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-         f"--IdentityProvider.token={token}", "--allow-root", f"--ServerApp.root_dir={root}",
-         "--LabApp.expose_app_in_browser=True"], env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(120):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status?token={token}", timeout=2)
-            return server, f"http://127.0.0.1:{port}/lab/tree/{{}}?token={token}"
-        except OSError:
-            time.sleep(0.5)
-    server.terminate()
-    raise TimeoutError("JupyterLab did not start")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.path.join(REPO, "docs", "widgets"))
@@ -115,20 +85,12 @@ def main() -> None:
 
     os.makedirs(args.out, exist_ok=True)
     root = tempfile.mkdtemp(prefix="detlab-shots-")
-    server, url = _start_lab(root)
     try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=[
-                "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update",
-                "--disable-sync"])
+        with jupyterlab_server(root) as url_of, sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1300, "height": 3200})
-            page.goto(url.format(_notebook(root)))
-            page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell"
-                                   ".currentWidget && window.jupyterapp.shell.currentWidget"
-                                   ".sessionContext.session", timeout=90_000)
-            page.evaluate("() => { window.jupyterapp.commands.execute("
-                          "'notebook:run-all-cells'); }")
+            page.goto(url_of(_notebook(root)))
+            run_all_cells(page)
             # the set-up cell trains two runs: the first widget comes after some minutes
             for css, name in WIDGETS.items():
                 element = page.wait_for_selector(f".{css}", timeout=2_400_000)
@@ -138,8 +100,6 @@ def main() -> None:
                 print("saved", name)
             browser.close()
     finally:
-        server.terminate()
-        server.wait(20)
         shutil.rmtree(root, ignore_errors=True)
 
 

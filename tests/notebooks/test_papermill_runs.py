@@ -13,22 +13,27 @@ from detlab.cli import main
 from detlab.notebooks import grid_points, sweep
 
 
-def tiny_notebook(path):
+def write_notebook(path, parameters, code):
+    """A notebook of a ``parameters`` cell and one code cell, with kernelspec metadata."""
     nb = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell("a = 1\nscale = (1, 2)\nfail = False\ncfg_options = {}\n"
-                                        "work_dir = 'shared'")
+    params = nbformat.v4.new_code_cell(parameters)
     params.metadata["tags"] = ["parameters"]
-    nb.cells = [params, nbformat.v4.new_code_cell(
+    nb.cells = [params, nbformat.v4.new_code_cell(code)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nbformat.write(nb, str(path))
+    return str(path)
+
+
+def tiny_notebook(path):
+    return write_notebook(
+        path, "a = 1\nscale = (1, 2)\nfail = False\ncfg_options = {}\nwork_dir = 'shared'",
         "from detlab.notebooks import record\n"
         "record('a2', a * 2)\n"
         "record('scale_type', type(scale).__name__)\n"
         "record('options', cfg_options)\n"
         "record('work_dir', work_dir)\n"
-        "assert not fail, 'asked to fail'")]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                 "language": "python"}
-    nbformat.write(nb, str(path))
-    return str(path)
+        "assert not fail, 'asked to fail'")
 
 
 def test_grid_points():
@@ -99,10 +104,8 @@ def test_nb_run_and_nb_sweep_on_the_command_line(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_sweep_goes_on_after_a_timeout_and_a_dead_kernel(tmp_path):
-    nb = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell("how = 'ok'")
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [params, nbformat.v4.new_code_cell(
+    path = write_notebook(
+        tmp_path / "fragile.ipynb", "how = 'ok'",
         "import os, time\n"
         "from detlab.notebooks import record\n"
         "record('started', how)\n"
@@ -110,12 +113,8 @@ def test_sweep_goes_on_after_a_timeout_and_a_dead_kernel(tmp_path):
         "    time.sleep(60)\n"
         "if how == 'die':\n"
         "    os._exit(1)\n"
-        "record('finished', True)")]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                 "language": "python"}
-    path = tmp_path / "fragile.ipynb"
-    nbformat.write(nb, str(path))
-    frame = sweep(str(path), {"how": ["hang", "die", "ok"]}, str(tmp_path / "sweep"), timeout=5)
+        "record('finished', True)")
+    frame = sweep(path, {"how": ["hang", "die", "ok"]}, str(tmp_path / "sweep"), timeout=5)
     hang, die, ok = (frame.iloc[i] for i in range(3))
     assert list(frame["status"]) == ["failed", "failed", "ok"]
     assert "Timeout" in hang["error"] and hang["started"] == "hang" and hang["duration"] < 50
