@@ -63,11 +63,13 @@ class ConfigFileNotFoundError(ConfigError, FileNotFoundError):
         return str(self.args[0]) if self.args else ""
 
 
-def closest(name: str, candidates: Iterable[str], n: int = 3) -> list[str]:
-    """The candidates that look most like ``name`` (case-insensitive), best first."""
+def closest(name: str, candidates: Iterable[str], n: int = 3,
+            cutoff: float = 0.6) -> list[str]:
+    """The candidates that look most like ``name`` (case-insensitive), best first; ``cutoff``
+    is the least similarity (0..1, :mod:`difflib`'s ratio) a candidate needs."""
     candidates = [str(c) for c in candidates]
     by_lower = {c.lower(): c for c in candidates}
-    hits = difflib.get_close_matches(str(name).lower(), list(by_lower), n=n, cutoff=0.6)
+    hits = difflib.get_close_matches(str(name).lower(), list(by_lower), n=n, cutoff=cutoff)
     return [by_lower[h] for h in hits]
 
 
@@ -334,6 +336,67 @@ def _check_settable(full_key: str, parts: list[str], cfg: Mapping, source: str) 
             where = ".".join(parts[:depth + 1])
             raise ConfigKeyError(f"{source}: cannot set '{full_key}': '{where}' is a "
                                  f"{type(node).__name__} ({node!r}), not a dict or list")
+
+
+_ABSENT = object()  # a dotted key that does not exist yet
+# leaf keys whose value may be a number or a word: mmcv's fp16 loss_scale=512. or 'dynamic'
+NUMBER_OR_WORD_KEYS = frozenset({"loss_scale"})
+
+
+def _value_at(cfg: Any, parts: list[str]) -> Any:
+    """The value at the dotted key ``parts`` of ``cfg``, or ``_ABSENT``."""
+    node = cfg
+    for part in parts:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, (list, tuple)) and _is_index(part) \
+                and -len(node) <= int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return _ABSENT
+    return node
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_value_type(key: str, old: Any, new: Any, source: str, prov: Provenance) -> None:
+    """Fail when ``new`` puts a string where the config holds a number (``optimizer.lr=1e-3x``
+    over ``0.01``); a dict value is checked key by key against the dict it merges into."""
+    if isinstance(new, Mapping):
+        if new.get(DELETE_KEY, False):
+            return  # replaces the whole dict: nothing of the old one constrains it
+        for sub, value in new.items():
+            below = _value_at(old, [str(sub)])
+            if below is not _ABSENT:
+                _check_value_type(f"{key}.{sub}", below, value, source, prov)
+        return
+    if not _is_number(old) or not isinstance(new, str) \
+            or key.rsplit(".", 1)[-1] in NUMBER_OR_WORD_KEYS:
+        return
+    origin = prov.lookup(key) or "the config"
+    try:
+        float(new)
+        fix = f"write the number without quotes: {key}={new}"
+    except ValueError:
+        fix = f"write a number, e.g. {key}={old!r}"
+    raise ConfigError(f"{source}: {key}={new!r} is not a number, but the config holds a "
+                      f"number there ({old!r}, set in {origin}); {fix}")
+
+
+def check_override_types(options: Mapping[str, Any], cfg: Config | Mapping,
+                         source: str = "cfg_options") -> None:
+    """Raise :class:`ConfigError` naming the key when a dotted override (``{'optimizer.lr':
+    '1e-3x'}``) gives a string where ``cfg`` holds a number; strings over strings, numbers
+    over numbers (an int over a float too) and new keys pass. Keys named in
+    :data:`NUMBER_OR_WORD_KEYS` take either."""
+    data = cfg._cfg_dict if isinstance(cfg, Config) else cfg
+    prov = cfg._provenance if isinstance(cfg, Config) else Provenance()
+    for full_key, value in options.items():
+        old = _value_at(data, str(full_key).split("."))
+        if old is not _ABSENT:
+            _check_value_type(str(full_key), old, value, source, prov)
 
 
 def _nest_dotted(options: Mapping[str, Any], source: str, cfg: Mapping) -> dict:
@@ -795,12 +858,17 @@ class Config:
     # ---- overrides -----------------------------------------------------------------------
 
     def merge_from_dict(self, options: Mapping[str, Any], allow_list_keys: bool = True,
-                        source: str = "merge_from_dict") -> Config:
+                        source: str = "merge_from_dict", check_types: bool = False) -> Config:
         """Set values by dotted key: ``{'model.bbox_head.num_classes': 3}``; returns ``self``.
 
         A digit in the key indexes a list (``'data.train.pipeline.2.img_scale'``); keys that do not
         exist yet are created; a dict value merges into the dict it replaces (``_delete_`` works).
+        With ``check_types`` (what ``--cfg-options`` get), a string where the config holds a
+        number is an error naming the key (:func:`check_override_types`); without it the value
+        is set as given (the config editor shows such a value as a problem of its component).
         """
+        if check_types:
+            check_override_types(options, self, source)
         nested = _nest_dotted(options, source, self._cfg_dict)
         merged = _merge(nested, self._cfg_dict, source, self._provenance,
                         allow_list_keys=allow_list_keys)
@@ -889,6 +957,55 @@ class Config:
 
 
 # --------------------------------------------------------------------------------------------
+# Top-level keys
+# --------------------------------------------------------------------------------------------
+
+# the top-level keys that MMDetection 2.x (and detlab) read from a config
+RUNTIME_KEYS = (
+    "model", "data", "optimizer", "optimizer_config", "lr_config", "momentum_config", "runner",
+    "total_epochs", "checkpoint_config", "log_config", "evaluation", "custom_hooks",
+    "custom_imports", "load_from", "resume_from", "auto_resume", "work_dir", "workflow",
+    "dist_params", "log_level", "gpu_ids", "seed", "device", "fp16", "auto_scale_lr",
+    "cudnn_benchmark", "mp_start_method", "opencv_num_threads", "find_unused_parameters",
+    "train_cfg", "test_cfg",
+)
+# variables MMDetection's own config files define at the top level to build the keys above
+CONFIG_VARIABLES = (
+    "dataset_type", "data_root", "img_norm_cfg", "train_pipeline", "test_pipeline",
+    "val_pipeline", "classes", "img_scale", "img_scales", "image_size", "norm_cfg", "conv_cfg",
+    "file_client_args", "albu_train_transforms", "pretrained", "checkpoint", "max_epochs",
+    "num_last_epochs", "interval", "train_dataset", "num_classes", "num_stages",
+    "num_proposals", "batch_size",
+)
+# an unknown key this similar (difflib's ratio) to a runtime key is taken for a typo of it
+TYPO_SIMILARITY = 0.8
+
+
+def check_top_level_keys(cfg: Config | Mapping) -> list[str]:
+    """One warning per top-level key of ``cfg`` that looks like a misspelt config key
+    (``optimzer``, ``total_epoch``, ``lr_confg``), which would otherwise be silently ignored.
+
+    A key is fine when it is one of :data:`RUNTIME_KEYS` or :data:`CONFIG_VARIABLES`, or when
+    it resembles no runtime key: a config's own variables (``my_pipeline``, ``img_size``) are
+    legitimate. Each message names the file that set the key and the key it resembles.
+    """
+    data = cfg._cfg_dict if isinstance(cfg, Config) else cfg
+    known = set(RUNTIME_KEYS) | set(CONFIG_VARIABLES) | {BASE_KEY}
+    messages = []
+    for key in data:
+        if not isinstance(key, str) or key in known or key.startswith("_"):
+            continue
+        hits = closest(key, RUNTIME_KEYS, cutoff=TYPO_SIMILARITY)
+        if not hits:
+            continue
+        origin = (cfg.provenance(key) if isinstance(cfg, Config) else None) or "the config"
+        messages.append(f"{origin}: top-level key {key!r} is not a config key, so it is "
+                        f"ignored.{did_you_mean(key, hits)} (If it is a variable of your own, "
+                        "a name less like a config key silences this warning.)")
+    return messages
+
+
+# --------------------------------------------------------------------------------------------
 # Custom imports, command-line options
 # --------------------------------------------------------------------------------------------
 
@@ -932,14 +1049,30 @@ def import_custom(spec: Mapping, source: str | None = None) -> list[types.Module
     return modules
 
 
+def _unquoted(text: str) -> Iterator[tuple[int, str]]:
+    """``(position, character)`` of the characters of ``text`` outside quoted strings; a quote
+    opens a string only where a value starts (first, or after ``(``, ``[``, ``,`` or ``=``), so
+    an apostrophe inside a word is a character."""
+    quote = None
+    for i, char in enumerate(text):
+        if quote is not None:
+            if char == quote:
+                quote = None
+        elif char in "'\"" and (i == 0 or text[i - 1] in "([,="):
+            quote = char
+        else:
+            yield i, char
+
+
 def _balanced(text: str) -> bool:
-    return text.count("(") == text.count(")") and text.count("[") == text.count("]")
+    chars = [c for _, c in _unquoted(text)]
+    return chars.count("(") == chars.count(")") and chars.count("[") == chars.count("]")
 
 
 def _split_top_level(text: str) -> list[str]:
-    """Split at commas that are not inside brackets."""
+    """Split at commas that are not inside brackets or quotes."""
     parts, depth, start = [], 0, 0
-    for i, char in enumerate(text):
+    for i, char in _unquoted(text):
         if char in "([":
             depth += 1
         elif char in ")]":
@@ -951,23 +1084,55 @@ def _split_top_level(text: str) -> list[str]:
     return parts
 
 
+def _closes_at_end(text: str, start: int = 0) -> bool:
+    """Whether the bracket opening at ``text[start]`` closes at the last character (``(1,2)``
+    does; ``(1,2),(3,4)`` does not)."""
+    depth = 0
+    for i, char in _unquoted(text):
+        if i < start:
+            continue
+        if char in "([":
+            depth += 1
+        elif char in ")]":
+            depth -= 1
+            if depth == 0:
+                return i == len(text) - 1
+    return False
+
+
+def _is_quoted(text: str) -> bool:
+    """Whether ``text`` is one quoted string (``'a,b'``), quotes included."""
+    if len(text) < 2 or text[0] not in "'\"" or text[-1] != text[0]:
+        return False
+    return text.find(text[0], 1) == len(text) - 1
+
+
 def parse_value(text: str) -> Any:
     """One ``--cfg-options`` value, with MMDetection's rules.
 
     ``1`` -> int, ``0.1`` -> float, ``true``/``false``/``none`` (any case) -> bool/None, ``a,b`` and
     ``[a,b]`` -> list, ``(a,b)`` -> tuple, nested as in ``[(a,b),(c,d)]``; anything else a string.
     Spaces are dropped and outer quotes stripped, as MMDetection's ``DictAction`` does.
-    Beyond MMDetection, a Python dict literal (``{'optimizer.lr': 0.01}``) gives a dict: the
+    ``dict(type='Pretrained', checkpoint='x.pth')`` gives a dict, as in a config file: its keys
+    are names, its values follow these same rules (nested dicts, lists and tuples included).
+    Beyond MMDetection, a quoted value is one string (``'a,b'`` is not a list; ``'1'`` is still
+    read as a number), and a Python dict literal (``{'optimizer.lr': 0.01}``) gives a dict: the
     form notebook parameters such as ``cfg_options`` take on the command line.
     """
-    if text.strip().startswith("{") and text.strip().endswith("}"):
-        return _parse_dict(text.strip())
-    text = text.strip("'\"").replace(" ", "")
+    text = text.strip()
+    if text.startswith("{") and text.endswith("}"):
+        return _parse_dict(text)
+    text = text.replace(" ", "")
+    if _is_quoted(text):
+        return _parse_scalar(text[1:-1])
+    text = text.strip("'\"")
     if not _balanced(text):
         raise ValueError(f"unbalanced brackets in option value {text!r}")
-    if text.startswith("(") and text.endswith(")"):
+    if text.startswith("dict(") and _closes_at_end(text, len("dict")):
+        return _parse_dict_call(text)
+    if text.startswith("(") and _closes_at_end(text):
         return tuple(_parse_items(text[1:-1]))
-    if text.startswith("[") and text.endswith("]"):
+    if text.startswith("[") and _closes_at_end(text):
         return _parse_items(text[1:-1])
     if len(_split_top_level(text)) > 1:  # a,b is a list; a comma inside brackets makes none
         return _parse_items(text)
@@ -976,6 +1141,22 @@ def parse_value(text: str) -> Any:
 
 def _parse_items(text: str) -> list:
     return [parse_value(part) for part in _split_top_level(text) if part != ""]
+
+
+def _parse_dict_call(text: str) -> dict:
+    """``dict(a=1,b=[1,2])`` (spaces dropped) -> ``{'a': 1, 'b': [1, 2]}``."""
+    out: dict[str, Any] = {}
+    for item in _split_top_level(text[len("dict("):-1]):
+        if item == "":
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not _is_identifier(key):
+            raise ValueError(f"{item!r} in option value {text!r} is not KEY=VALUE with KEY a "
+                             f"name; write e.g. dict(type='Pretrained',checkpoint='x.pth')")
+        if key in out:
+            raise ValueError(f"key {key!r} is given twice in option value {text!r}")
+        out[key] = parse_value(value)
+    return out
 
 
 def _parse_dict(text: str) -> dict:
@@ -1021,7 +1202,8 @@ def load_config(config: str | os.PathLike | Mapping | Config,
                 cfg_options: Mapping[str, Any] | Iterable[str] | None = None) -> Config:
     """A Config from a path, a dict or a Config (copied), with dotted overrides applied.
 
-    ``cfg_options`` is a dict ``{'a.b': value}`` or a list of ``'a.b=value'`` strings.
+    ``cfg_options`` is a dict ``{'a.b': value}`` or a list of ``'a.b=value'`` strings; a string
+    where the config holds a number is an error naming the key (:func:`check_override_types`).
     """
     if isinstance(config, Config):
         cfg = config.copy()
@@ -1032,12 +1214,13 @@ def load_config(config: str | os.PathLike | Mapping | Config,
     if cfg_options:
         if not isinstance(cfg_options, Mapping):
             cfg_options = parse_cfg_options(cfg_options)
-        cfg.merge_from_dict(cfg_options, source="cfg_options")
+        cfg.merge_from_dict(cfg_options, source="cfg_options", check_types=True)
     return cfg
 
 
 __all__ = [
     "Config", "ConfigDict", "ConfigDiff", "ConfigError", "ConfigKeyError",
     "ConfigFileNotFoundError", "parse_cfg_options", "parse_value", "load_config", "import_custom",
-    "closest", "did_you_mean",
+    "closest", "did_you_mean", "check_top_level_keys", "check_override_types", "RUNTIME_KEYS",
+    "CONFIG_VARIABLES",
 ]

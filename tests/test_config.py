@@ -4,6 +4,7 @@ import copy
 import pickle
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +14,7 @@ from detlab.config import (
     ConfigError,
     ConfigFileNotFoundError,
     ConfigKeyError,
+    check_top_level_keys,
     load_config,
     parse_cfg_options,
     parse_value,
@@ -359,10 +361,23 @@ EXTENDED_CASES = [
     ("t={'optimizer.lr': 0.01, 'img_scale': (1, 2)}",
      {"t": {"optimizer.lr": 0.01, "img_scale": (1, 2)}}),
     ("u=f(1,2)", {"u": "f(1,2)"}),
+    ("v=(1,2),(3,4)", {"v": [(1, 2), (3, 4)]}),
+    ("w='a,b'", {"w": "a,b"}),
+]
+# a dict written as in a config file, as MMDetection's users write it on the command line
+DICT_CALL_CASES = [
+    ("init_cfg=dict(type='Pretrained', checkpoint='x.pth')",
+     {"init_cfg": {"type": "Pretrained", "checkpoint": "x.pth"}}),
+    ("a=dict(b=dict(c=[1,2],d=(3,4)),e=True,f=none,g=1e-3,h=text,i='x,y')",
+     {"a": {"b": {"c": [1, 2], "d": (3, 4)}, "e": True, "f": None, "g": 1e-3, "h": "text",
+            "i": "x,y"}}),
+    ("pipeline=[dict(type='A'),dict(type='B',p=0.5)]",
+     {"pipeline": [{"type": "A"}, {"type": "B", "p": 0.5}]}),
+    ("empty=dict()", {"empty": {}}),
 ]
 
 
-@pytest.mark.parametrize("option,expected", OPTION_CASES + EXTENDED_CASES)
+@pytest.mark.parametrize("option,expected", OPTION_CASES + EXTENDED_CASES + DICT_CALL_CASES)
 def test_parse_cfg_options(option, expected):
     assert parse_cfg_options([option]) == expected
 
@@ -382,6 +397,41 @@ def test_parse_cfg_options_errors():
         parse_value("[1,2")
     with pytest.raises(ValueError, match="not a Python dict literal"):
         parse_value("{'lr': }")
+    with pytest.raises(ValueError, match=r"'1=2' .* not KEY=VALUE with KEY a name"):
+        parse_value("dict(1=2)")
+    with pytest.raises(ValueError, match="'a' is given twice"):
+        parse_value("dict(a=1,a=2)")
+
+
+def test_a_dict_call_option_merges_into_the_dict_it_replaces(configs):
+    cfg = load_config(configs / "chain" / "level1.py", [
+        "model.backbone.init_cfg=dict(type='Pretrained', checkpoint='x.pth')",
+        "model.neck=dict(num_outs=4)"])
+    assert cfg.model.backbone.init_cfg == {"type": "Pretrained", "checkpoint": "x.pth"}
+    assert cfg.model.neck.num_outs == 4 and cfg.model.neck.type == "FPN"
+
+
+def test_a_word_where_the_config_holds_a_number_names_the_key(configs):
+    path = configs / "chain" / "level1.py"
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ["optimizer.lr=1e-3x"])
+    message = str(info.value)
+    assert "optimizer.lr='1e-3x' is not a number" in message
+    assert "0.01" in message and "level1.py" in message  # what the config holds, and where
+    assert "write a number, e.g. optimizer.lr=0.01" in message
+    with pytest.raises(ConfigError, match=r"lr_config\.warmup_iters='x' is not a number"):
+        load_config(path, {"lr_config": dict(warmup_iters="x")})  # inside a dict value too
+    with pytest.raises(ConfigError, match=r"without quotes: optimizer\.lr=0\.1"):
+        load_config(path, {"optimizer.lr": "0.1"})
+    allowed = load_config(path, ["optimizer.lr=1", "lr_config.warmup=constant",
+                                 "optimizer.type=Adam", "optimizer.lr2=abc",
+                                 "optimizer=dict(_delete_=True,type=Adam,lr=fast)"])
+    assert allowed.optimizer == {"type": "Adam", "lr": "fast"}
+    cfg = load_config(path, ["fp16.loss_scale=512.", "fp16.loss_scale=dynamic"])
+    assert cfg.fp16.loss_scale == "dynamic"  # mmcv takes a number or 'dynamic'
+    cfg = Config.fromfile(path)
+    cfg.merge_from_dict({"optimizer.lr": "fast"})  # unchecked: the config editor's way
+    assert cfg.optimizer.lr == "fast"
 
 
 def test_load_config_applies_string_options(configs):
@@ -521,3 +571,29 @@ def test_custom_imports_failure_allowed_warns(configs):
 def test_custom_imports_can_be_skipped(configs):
     cfg = Config.fromfile(configs / "imports" / "bad.py", import_custom_modules=False)
     assert cfg.custom_imports.imports == ["detlab_no_such_module_xyz"]
+
+
+# ---- top-level keys --------------------------------------------------------------------------
+
+CONFIGS_OF_THE_REPO = sorted((Path(__file__).parents[1] / "configs").rglob("*.py"))
+
+
+def test_misspelt_top_level_keys_are_reported_with_the_key_they_resemble(tmp_path, configs):
+    path = tmp_path / "typos.py"
+    path.write_text(f"_base_ = ['{configs / 'chain' / 'level1.py'}']\n"
+                    "optimzer = dict(lr=0.01)\ntotal_epoch = 3\nlr_confg = dict(step=[2])\n"
+                    "train_pipeline = []\nval_pipeline = []\nimg_size = 640\nmax_epochs = 3\n"
+                    "my_classes = ('a', 'b')\n")
+    warnings_ = check_top_level_keys(Config.fromfile(path))
+    assert len(warnings_) == 3
+    optimzer, total_epoch, lr_confg = warnings_
+    assert optimzer.startswith(f"{path}: top-level key 'optimzer'")
+    assert "Did you mean 'optimizer'?" in optimzer
+    assert "Did you mean 'total_epochs'?" in total_epoch
+    assert "Did you mean 'lr_config'?" in lr_confg
+
+
+def test_the_configs_of_the_repository_have_no_misspelt_keys(configs):
+    for path in [configs / "chain" / "level3.py", *CONFIGS_OF_THE_REPO]:
+        assert check_top_level_keys(Config.fromfile(path)) == [], path
+    assert check_top_level_keys(dict(model={}, data={}, classes=("a",), seed=0)) == []
