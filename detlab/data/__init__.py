@@ -20,11 +20,18 @@ from detlab.data.datasets import (
     make_shapes_dataset,
 )
 from detlab.data.loader import build_dataloader, collate
+from detlab.data.samplers import (
+    DistributedGroupSampler,
+    GroupSampler,
+    SampleKey,
+    SeededDataset,
+)
 from detlab.data.transforms import Compose
 
 __all__ = [
     "build_dataset", "build_dataloader", "collate", "Compose", "CocoDataset", "CustomDataset",
     "VOCDataset", "XMLDataset", "YOLODataset", "ConcatDataset", "RepeatDataset",
     "ClassBalancedDataset", "MultiImageMixDataset", "make_shapes_dataset", "check_dataset",
-    "format_report", "voc2coco", "yolo2coco", "coco2yolo", "cityscapes2coco",
+    "format_report", "voc2coco", "yolo2coco", "coco2yolo", "cityscapes2coco", "GroupSampler",
+    "DistributedGroupSampler", "SampleKey", "SeededDataset",
 ]

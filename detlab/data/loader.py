@@ -1,18 +1,30 @@
-"""From samples to batches: ``collate`` into a ``Batch``, samplers, and ``build_dataloader``."""
+"""From samples to batches: ``collate`` into a ``Batch``, and ``build_dataloader``.
+
+The samplers and the per-sample seeding live in :mod:`detlab.data.samplers` (re-exported
+here).
+"""
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+import signal
+from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as torch_dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from detlab.data.masks import masks_to_bool_tensor
-from detlab.engine.dist import get_dist_info
+from detlab.data.samplers import (  # noqa: F401  (re-exported)
+    DistributedGroupSampler,
+    GroupSampler,
+    SampleKey,
+    SeededDataset,
+)
+from detlab.dist import get_dist_info
 from detlab.structures import Batch
 
 # --------------------------------------------------------------------------------------------
@@ -133,98 +145,104 @@ def collate(samples: Sequence[dict[str, Any]]) -> Batch | list[Batch]:
 
 
 # --------------------------------------------------------------------------------------------
-# samplers
-# --------------------------------------------------------------------------------------------
-
-
-class GroupSampler(Sampler[int]):
-    """Shuffled indices whose every run of ``samples_per_gpu`` comes from one aspect-ratio group
-    (``dataset.flag``), so that a batch pads little. Each group is topped up with repeated
-    random indices to a multiple of ``samples_per_gpu``, as in MMDetection.
-
-    The order depends on ``seed`` and the epoch only: each pass uses the next epoch unless
-    :meth:`set_epoch` says which one.
-    """
-
-    def __init__(self, dataset: Dataset, samples_per_gpu: int = 1, seed: int | None = None) -> None:
-        flag = getattr(dataset, "flag", None)
-        self.flag = (np.zeros(len(dataset), dtype=np.int64) if flag is None
-                     else np.asarray(flag, dtype=np.int64))
-        self.samples_per_gpu = samples_per_gpu
-        # without a seed, draw one from NumPy's global generator, so np.random.seed still rules
-        self.seed = int(np.random.randint(2**31)) if seed is None else int(seed)
-        self.epoch = 0
-        sizes = np.bincount(self.flag) if len(self.flag) else np.zeros(0, dtype=np.int64)
-        self.num_samples = int(sum(-(-int(n) // samples_per_gpu) * samples_per_gpu
-                                   for n in sizes))
-
-    def set_epoch(self, epoch: int) -> None:
-        """Use the order of ``epoch`` for the next pass."""
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[int]:
-        rng = np.random.default_rng([self.seed, self.epoch])
-        self.epoch += 1
-        per = self.samples_per_gpu
-        chunks = []
-        for group in np.unique(self.flag):
-            members = rng.permutation(np.flatnonzero(self.flag == group))
-            extra = -(-len(members) // per) * per - len(members)
-            members = np.concatenate([members, rng.choice(members, extra)])
-            chunks += np.split(members, len(members) // per)
-        order = rng.permutation(len(chunks))
-        indices = np.concatenate([chunks[i] for i in order]) if chunks else np.zeros(0)
-        return iter(indices.astype(np.int64).tolist())
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-
-# --------------------------------------------------------------------------------------------
 # data loader
 # --------------------------------------------------------------------------------------------
 
 
 def worker_init_fn(worker_id: int, num_workers: int = 1, rank: int = 0) -> None:
-    """Seed NumPy and ``random`` in a loader worker from torch's seed of that worker.
+    """Prepare a loader worker: ignore SIGINT, and seed NumPy and ``random`` from torch's seed
+    of the worker.
+
+    A Ctrl-C reaches every process of the terminal's group; the main process handles it (and
+    shuts the workers down), so the workers ignore it rather than each print a traceback.
 
     torch seeds each worker with ``base_seed + worker_id``, ``base_seed`` drawn from the
     loader's generator (seeded with ``seed + rank`` by :func:`build_dataloader`) at each epoch:
     workers differ from each other and from epoch to epoch, and the whole run repeats for a
-    seed. Without this, forked workers would share one NumPy state and augment alike.
+    seed and a number of workers (MMDetection's seeding). Without this, forked workers would
+    share one NumPy state and augment alike. A training loader of :func:`build_dataloader`
+    seeds each sample instead (:class:`SeededDataset`), which does not depend on the workers.
     """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     worker_seed = (torch.initial_seed() + num_workers * rank) % 2**32
     np.random.seed(worker_seed)
     random.seed(worker_seed)
 
 
+def _shared_seed(dist: bool, world_size: int) -> int:
+    """A new seed from NumPy's global generator; in a distributed run, rank 0's for all."""
+    seed = [int(np.random.randint(2**31))]
+    if dist and world_size > 1:
+        torch_dist.broadcast_object_list(seed, src=0)
+    return seed[0]
+
+
+def _sampler(dataset: Dataset, batch_size: int, dist: bool, shuffle: bool, seed: int | None,
+             drop_last: bool, with_epoch: bool, rank: int, world_size: int) -> Sampler | None:
+    """The sampler of :func:`build_dataloader` (None: the dataset's order)."""
+    if shuffle and dist:
+        return DistributedGroupSampler(dataset, batch_size, world_size, rank, seed, with_epoch)
+    if shuffle:
+        return GroupSampler(dataset, batch_size, seed, with_epoch)
+    if dist:  # testing: padded to a multiple of world_size, results gathered by the caller
+        return DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False,
+                                  drop_last=drop_last)
+    return None
+
+
 def build_dataloader(dataset: Dataset, samples_per_gpu: int, workers_per_gpu: int,
                      num_gpus: int = 1, dist: bool = False, shuffle: bool = True,
                      seed: int | None = None, drop_last: bool = False, pin_memory: bool = False,
-                     persistent_workers: bool = False, **kwargs: Any) -> DataLoader:
+                     persistent_workers: bool = False, per_sample_seed: bool | None = None,
+                     **kwargs: Any) -> DataLoader:
     """A DataLoader of ``dataset`` that yields :class:`Batch` (see :func:`collate`).
+
+    Training (``shuffle=True``) batches come from one aspect-ratio group each
+    (:class:`GroupSampler`; :class:`DistributedGroupSampler` when ``dist``, whose processes
+    together see the batches of one process at the global batch). Their order is a function
+    of the seed and the epoch, and each sample's augmentations of the seed, the epoch and its
+    index (:class:`SeededDataset`), whatever the number of workers. The engine sets the epoch
+    with ``loader.sampler.set_epoch(epoch)``, or resumes mid-epoch with
+    ``loader.sampler.set_position(epoch, start_batch)``.
 
     Args:
         samples_per_gpu, workers_per_gpu: batch size and loader processes per GPU (process).
         num_gpus: GPUs fed by this one process (not distributed).
-        dist: shard the data over the processes of ``torch.distributed`` through a
-            ``DistributedSampler`` (its epoch must be set by the caller each epoch).
-        shuffle: shuffle (grouped by aspect ratio when not distributed).
-        seed: makes the order and the workers' random streams repeat.
+        dist: shard the data over the processes of ``torch.distributed``; for testing
+            (``shuffle=False``) through torch's ``DistributedSampler`` (padded; the caller
+            gathers the results).
+        shuffle: training order (shuffled, grouped, seeded) rather than the dataset's.
+        seed: the run's seed (>= 0). Training without one draws one from NumPy's global
+            generator (rank 0's in a distributed run); either way it is ``loader.seed``.
         drop_last, pin_memory, persistent_workers, kwargs: DataLoader's.
+        per_sample_seed: seed each sample (default: when training); False seeds each worker
+            from the loader's generator instead, as MMDetection (:func:`worker_init_fn`).
+
+    ``loader.dataset`` is ``dataset``, or its :class:`SeededDataset` wrapper, which forwards
+    ``CLASSES``, ``flag``, ``evaluate`` and the rest to it. ``len(loader)`` is the number of
+    batches an epoch of this process.
     """
+    per_sample_seed = shuffle if per_sample_seed is None else per_sample_seed
+    if per_sample_seed and not shuffle:
+        raise ValueError("per_sample_seed needs shuffle=True (a training loader); leave it "
+                         "unset for a test loader")
     rank, world_size = get_dist_info()
+    if shuffle and seed is None:
+        seed = _shared_seed(dist, world_size)
     if dist:
-        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank,
-                                     shuffle=shuffle, seed=seed or 0, drop_last=drop_last)
         batch_size, num_workers = samples_per_gpu, workers_per_gpu
     else:
-        sampler = GroupSampler(dataset, samples_per_gpu, seed) if shuffle else None
         batch_size, num_workers = num_gpus * samples_per_gpu, num_gpus * workers_per_gpu
-    generator = None if seed is None else torch.Generator().manual_seed(seed + rank)
+    sampler = _sampler(dataset, batch_size, dist, shuffle, seed, drop_last, per_sample_seed,
+                       rank, world_size)
+    if per_sample_seed:
+        dataset = SeededDataset(dataset, seed)
+    # the loader's own generator: drawing the workers' base seed leaves torch's global one alone
+    generator = torch.Generator().manual_seed((seed or 0) + rank)
     init = partial(worker_init_fn, num_workers=num_workers, rank=rank)
-    return DataLoader(
+    loader = DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
         collate_fn=collate, pin_memory=pin_memory, drop_last=drop_last, worker_init_fn=init,
         generator=generator, persistent_workers=persistent_workers and num_workers > 0, **kwargs)
-
+    loader.seed = seed
+    return loader

@@ -1,12 +1,22 @@
-"""collate -> Batch, the samplers and build_dataloader (padding, fields, determinism)."""
+"""collate -> Batch and build_dataloader (padding, fields, determinism, workers)."""
+
+import random
+import signal
 
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
-from detlab.data import CocoDataset, build_dataloader, collate, make_shapes_dataset
-from detlab.data.loader import GroupSampler
+from detlab.data import (
+    CocoDataset,
+    DistributedGroupSampler,
+    GroupSampler,
+    SeededDataset,
+    build_dataloader,
+    collate,
+    make_shapes_dataset,
+)
 from detlab.structures import Batch
 
 NORM = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True)
@@ -16,6 +26,15 @@ TRAIN_PIPELINE = [
     dict(type="RandomFlip", flip_ratio=0.5), dict(type="Normalize", **NORM),
     dict(type="Pad", size_divisor=32), dict(type="DefaultFormatBundle"),
     dict(type="Collect", keys=["img", "gt_bboxes", "gt_labels"]),
+]
+# every kind of draw: random scales, expansion, crops that drop samples (redrawn), flips, colours
+RANDOM_PIPELINE = [
+    dict(type="LoadImageFromFile"), dict(type="LoadAnnotations", with_bbox=True),
+    dict(type="Expand", mean=NORM["mean"], ratio_range=(1, 2)),
+    dict(type="RandomCrop", crop_size=(40, 40)),
+    dict(type="Resize", img_scale=[(96, 64), (128, 96)], keep_ratio=True),
+    dict(type="RandomFlip", flip_ratio=0.5), dict(type="PhotoMetricDistortion"),
+    *TRAIN_PIPELINE[4:],
 ]
 
 
@@ -114,11 +133,111 @@ def test_shuffling_repeats_for_a_seed(train_set):
     assert sorted(first[0]) == list(range(1, 9))
 
 
-def test_workers_repeat_augmentations_for_a_seed(train_set):
-    def run():
-        return _ids_and_flips(build_dataloader(train_set, 2, 1, seed=5))
+def _batches(loader):
+    """``(img_ids, flips, images, boxes)`` of each batch of one pass."""
+    return [([m["img_id"] for m in b.metas], [m["flip"] for m in b.metas], b.images,
+             [t["boxes"] for t in b.targets]) for b in loader]
 
-    assert run() == run()
+
+def _assert_same_batches(first, second):
+    assert len(first) == len(second)
+    for (ids, flips, images, boxes), (ids2, flips2, images2, boxes2) in zip(
+            first, second, strict=True):
+        assert ids == ids2 and flips == flips2
+        assert torch.equal(images, images2)
+        assert all(torch.equal(a, b) for a, b in zip(boxes, boxes2, strict=True))
+
+
+@pytest.fixture
+def random_set(shapes):
+    return CocoDataset(shapes["train_ann_file"], RANDOM_PIPELINE,
+                       img_prefix=shapes["train_img_prefix"])
+
+
+def test_samples_do_not_depend_on_the_number_of_workers(random_set):
+    def two_epochs(workers):
+        loader = build_dataloader(random_set, 2, workers, seed=5)
+        return _batches(loader) + _batches(loader)
+
+    alone = two_epochs(0)
+    assert len({f for _, flips, _, _ in alone for f in flips}) == 2  # some flipped, some not
+    pixels = [{i: img for b in epoch for i, img in zip(b[0], b[2], strict=True)}
+              for epoch in (alone[:4], alone[4:])]
+    common = pixels[0].keys() & pixels[1].keys()
+    assert len(common) > 4
+    assert not any(torch.equal(pixels[0][i], pixels[1][i]) for i in common)  # new draws
+    for workers in (1, 2):
+        _assert_same_batches(two_epochs(workers), alone)
+    other = build_dataloader(random_set, 2, 0, seed=6)
+    assert [ids for ids, *_ in _batches(other)] != [ids for ids, *_ in alone[:4]]
+
+
+def test_resuming_mid_epoch_repeats_the_rest_of_the_epoch(random_set):
+    loader = build_dataloader(random_set, 2, 1, seed=8)
+    loader.sampler.set_epoch(1)
+    full = _batches(loader)
+    assert len(full) == len(loader) == 4
+    resumed = build_dataloader(random_set, 2, 1, seed=8)
+    resumed.sampler.set_position(1, 3)
+    _assert_same_batches(_batches(resumed), full[3:])
+    loader.sampler.set_epoch(2)
+    _assert_same_batches(_batches(resumed), _batches(loader))  # then epoch 2, whole
+
+
+def test_a_pass_without_workers_leaves_the_main_process_random_streams_alone(random_set):
+    loader = build_dataloader(random_set, 2, 0, seed=1)
+    before = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    assert len(_batches(loader)) == 4
+    assert random.getstate() == before[0]
+    _, key, pos, *_ = np.random.get_state()
+    assert np.array_equal(key, before[1][1]) and pos == before[1][2]
+    assert torch.equal(torch.get_rng_state(), before[2])
+
+
+def test_the_loader_draws_and_keeps_its_seed(train_set):
+    np.random.seed(2)
+    drawn = build_dataloader(train_set, 2, 0)
+    np.random.seed(2)
+    assert build_dataloader(train_set, 2, 0).seed == drawn.seed
+    given = build_dataloader(train_set, 2, 0, seed=drawn.seed)
+    assert given.seed == drawn.seed
+    _assert_same_batches(_batches(given), _batches(drawn))
+    assert build_dataloader(train_set, 2, 0, shuffle=False).seed is None
+
+
+def test_the_loaders_dataset_answers_as_the_dataset(train_set):
+    loader = build_dataloader(train_set, 2, 0, seed=0)
+    assert isinstance(loader.dataset, SeededDataset) and loader.dataset.dataset is train_set
+    assert loader.dataset.CLASSES == train_set.CLASSES
+    assert loader.dataset.flag is train_set.flag and loader.dataset.cat_ids == train_set.cat_ids
+    assert loader.dataset.evaluate.__func__ is type(train_set).evaluate
+    assert isinstance(loader.sampler, GroupSampler) and loader.sampler.with_epoch
+
+
+def test_per_sample_seed_off_seeds_the_workers_instead(train_set):
+    loader = build_dataloader(train_set, 2, 1, seed=5, per_sample_seed=False)
+    assert loader.dataset is train_set and not loader.sampler.with_epoch
+    assert _ids_and_flips(loader) == _ids_and_flips(
+        build_dataloader(train_set, 2, 1, seed=5, per_sample_seed=False))
+    with pytest.raises(ValueError, match="per_sample_seed needs shuffle=True"):
+        build_dataloader(train_set, 2, 0, shuffle=False, per_sample_seed=True)
+
+
+class _ReportsSigint:
+    """One sample a worker's SIGINT handler in its metas."""
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        handler = signal.getsignal(signal.SIGINT)
+        return dict(img=torch.zeros(3, 4, 4), img_metas=dict(sigint=handler))
+
+
+def test_workers_ignore_sigint():
+    batch = next(iter(build_dataloader(_ReportsSigint(), 2, 1, shuffle=False)))
+    assert [m["sigint"] for m in batch.metas] == [signal.SIG_IGN, signal.SIG_IGN]
+    assert signal.getsignal(signal.SIGINT) is not signal.SIG_IGN  # the main process keeps it
 
 
 def test_no_shuffle_keeps_the_dataset_order(shapes):
@@ -140,23 +259,9 @@ def test_test_time_augmentations_give_a_list_of_batches(shapes):
     assert batches[2].images.shape == (3, 3, 64, 64)
 
 
-def test_group_sampler_keeps_groups_together():
-    class Flagged:
-        flag = np.array([0, 1, 0, 1, 1, 0, 0], dtype=np.uint8)
-
-        def __len__(self):
-            return 7
-
-    sampler = GroupSampler(Flagged(), samples_per_gpu=2, seed=1)
-    indices = list(sampler)
-    assert len(indices) == len(sampler) == 8  # 4 + 3 topped up to 4
-    pairs = np.array(indices).reshape(-1, 2)
-    assert (Flagged.flag[pairs[:, 0]] == Flagged.flag[pairs[:, 1]]).all()
-    assert set(indices) == set(range(7))
-    sampler.set_epoch(0)
-    assert list(sampler) == indices
-
-
-def test_distributed_loader_uses_a_distributed_sampler(train_set):
+def test_distributed_loaders(train_set):
     loader = build_dataloader(train_set, 2, 0, dist=True, seed=0)
-    assert isinstance(loader.sampler, DistributedSampler) and loader.batch_size == 2
+    assert isinstance(loader.sampler, DistributedGroupSampler) and loader.batch_size == 2
+    assert loader.sampler.with_epoch and len(loader) == 4  # one process here
+    test = build_dataloader(train_set, 2, 0, dist=True, shuffle=False)
+    assert isinstance(test.sampler, DistributedSampler) and not test.sampler.shuffle
