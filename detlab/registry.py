@@ -27,10 +27,14 @@ from typing import Any
 from detlab.config import DELETE_KEY, Config, ConfigError, closest, did_you_mean
 
 _ALL: list[Registry] = []
-# (config path, arguments) of each build in progress, outermost first; lets a nested build find
-# the key its config came from (``model`` -> ``model.bbox_head``) without being told.
+# (config path, the arguments its config sets) of each build in progress, outermost first; lets
+# a nested build find the key its config came from (``model`` -> ``model.bbox_head``, or
+# ``model.train_cfg.assigner`` for an assigner a head builds from the train_cfg it was handed)
+# without being told.
 _BUILDING: contextvars.ContextVar[tuple[tuple[str | None, dict], ...]] = contextvars.ContextVar(
     "detlab_building", default=())
+_SEARCH_DEPTH = 6  # levels of nested dicts and lists searched for a nested build's config
+_SEARCH_ITEMS = 1000  # items of one list searched (a long list holds data, not components)
 
 
 class UnknownTypeError(ConfigError, KeyError):
@@ -202,16 +206,26 @@ class Registry:
     def build(self, cfg: Any, /, *, _path: str | None = None, **default_args: Any) -> Any:
         """Build ``cfg`` -- ``dict(type=NAME, **kwargs)`` or a :class:`Config` -- into an object.
 
-        ``default_args`` fill keys the config does not set. An object that is not a dict (already
-        built) and ``None`` are returned as they are. ``_path`` names the config key being built,
-        for messages; nested builds find theirs from the enclosing build.
+        ``default_args`` fill keys the config does not set. ``None`` is returned as it is, and
+        so is an object that is not a dict (already built), as mmcv does -- but the defaults
+        cannot reach an object built already, so one that disagrees with them is an error
+        rather than silently ignored: when the object has an attribute named like a default
+        whose (plain: number, string, list, dict ...) value differs from it, a
+        :class:`~detlab.config.ConfigError` names the path and both values (e.g. a head built
+        with ``num_classes=80`` handed to a build whose default is ``num_classes=3``).
+        Defaults of ``None``, and attributes that are modules or other objects, are not
+        compared. ``_path`` names the config key being built, for messages; nested builds find
+        theirs from the enclosing builds.
         """
         if isinstance(cfg, Config):
             cfg = cfg._cfg_dict
         if not isinstance(cfg, Mapping):
+            if cfg is not None and default_args:
+                _check_built(cfg, default_args, _path if _path is not None else _infer_path(cfg))
             return cfg
         path = _path if _path is not None else _infer_path(cfg)
         args = {k: v for k, v in cfg.items() if k != DELETE_KEY}
+        own = {k: v for k, v in args.items() if k != "type"}  # what the config itself sets
         for key, value in default_args.items():
             args.setdefault(key, value)
         if "type" not in args:
@@ -229,7 +243,7 @@ class Registry:
             raise UnknownTypeError(f"'type'{_where(path)} must be a registered name or a class, "
                                    f"got {obj_type!r}")
         check_arguments(obj, args, type_name, path)
-        token = _BUILDING.set(_BUILDING.get() + ((path, args),))
+        token = _BUILDING.set(_BUILDING.get() + ((path, own),))
         try:
             return obj(**args)
         except Exception as err:
@@ -241,21 +255,93 @@ class Registry:
             _BUILDING.reset(token)
 
 
-def _infer_path(cfg: Mapping) -> str | None:
-    """The dotted key of ``cfg`` inside the config that the enclosing build is building."""
+def _infer_path(cfg: Any) -> str | None:
+    """The dotted key of ``cfg`` inside the configs of the enclosing builds, innermost first.
+
+    The config is looked for through the nested dicts and lists of their arguments: first as
+    the very object, then, for a dict, as an equal one -- a component may build from a copy
+    (a head keeps a plain copy of the ``train_cfg`` it is handed and builds its assigner from
+    that, at ``model.train_cfg.assigner``).
+    """
     stack = _BUILDING.get()
-    if not stack:
-        return None
-    parent_path, parent_args = stack[-1]
-    for key, value in parent_args.items():
-        found = None
-        if value is cfg:
-            found = str(key)
-        elif isinstance(value, (list, tuple)):
-            found = next((f"{key}.{i}" for i, v in enumerate(value) if v is cfg), None)
-        if found is not None:
-            return f"{parent_path}.{found}" if parent_path else found
+    matchers = [_is_same] + ([_is_equal] if isinstance(cfg, Mapping) else [])
+    for same in matchers:
+        for parent_path, parent_args in reversed(stack):
+            found = _find(cfg, parent_args, parent_path, same, 0)
+            if found is not None:
+                return found
     return None
+
+
+def _is_same(a: Any, b: Any) -> bool:
+    return a is b
+
+
+def _is_equal(a: Any, b: Any) -> bool:
+    if not isinstance(a, Mapping):
+        return False
+    try:
+        return bool(a == b)
+    except Exception:  # values that compare element-wise (arrays, tensors)
+        return False
+
+
+def _find(target: Any, node: Any, path: str | None, same: Callable[[Any, Any], bool],
+          depth: int) -> str | None:
+    """The dotted key below ``node`` (itself at ``path``) of the value ``same`` as
+    ``target``, searched depth first, at most :data:`_SEARCH_DEPTH` levels down."""
+    if isinstance(node, Mapping):
+        children = [(str(k), v) for k, v in node.items()]
+    elif isinstance(node, (list, tuple)):
+        children = [(str(i), v) for i, v in enumerate(node[:_SEARCH_ITEMS])]
+    else:
+        return None
+    for key, child in children:
+        child_path = _join(path, key)
+        if same(child, target):
+            return child_path
+        if depth < _SEARCH_DEPTH and isinstance(child, (Mapping, list, tuple)):
+            found = _find(target, child, child_path, same, depth + 1)
+            if found is not None:
+                return found
+    return None
+
+
+def _plain(value: Any, depth: int = 0) -> Any:
+    """``value`` with tuples as lists and mappings as dicts, when it is made of numbers,
+    strings, None and containers of them; else ``_NOT_PLAIN``."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if depth < _SEARCH_DEPTH and isinstance(value, (list, tuple)):
+        items = [_plain(v, depth + 1) for v in value]
+        return _NOT_PLAIN if any(i is _NOT_PLAIN for i in items) else items
+    if depth < _SEARCH_DEPTH and isinstance(value, Mapping):
+        items = {k: _plain(v, depth + 1) for k, v in value.items()}
+        return _NOT_PLAIN if any(i is _NOT_PLAIN for i in items.values()) else items
+    return _NOT_PLAIN
+
+
+_NOT_PLAIN = object()
+
+
+def _check_built(obj: Any, defaults: Mapping[str, Any], path: str | None) -> None:
+    """Raise when an already built ``obj`` holds a plain attribute that differs from the
+    default of the same name (which it can no longer receive)."""
+    for key, default in defaults.items():
+        wanted = _plain(default)
+        if default is None or wanted is _NOT_PLAIN:
+            continue
+        try:
+            value = getattr(obj, key)
+        except Exception:  # no such attribute, or a property that cannot be read
+            continue
+        held = _plain(value)
+        if held is _NOT_PLAIN or held == wanted:
+            continue
+        raise ConfigError(
+            f"{type(obj).__name__}{_where(path)} is already built with {key}={value!r}, but "
+            f"{key}={default!r} is given for it here, and a built object cannot take it. "
+            f"Build it with {key}={default!r}, or pass its config dict instead of the object.")
 
 
 def check_arguments(obj: Callable, args: Mapping[str, Any], type_name: str,

@@ -1,10 +1,12 @@
 """Registries: registration rules, building from configs, and the messages users see."""
 
 import warnings
+from typing import Any
 
 import pytest
+import torch
 
-from detlab.config import Config
+from detlab.config import Config, ConfigError
 from detlab.registry import (
     BACKBONES,
     DATASETS,
@@ -225,6 +227,86 @@ def test_nested_builds_find_their_config_path(things):
         things.build(dict(type="Detector", bbox_head=dict(
             type="Head", loss_cls=dict(type="Loss"), extra=[dict(type="Loss"), dict(type="Los")])),
             _path="model")
+
+
+def test_a_nested_build_finds_its_path_through_plain_dicts_and_copies(things):
+    @things.register_module()
+    class Assigner:
+        def __init__(self, pos_iou_thr: float):
+            pass
+
+    @things.register_module()
+    class Head:
+        def __init__(self, train_cfg: dict | None = None, extra: dict | None = None):
+            copy = {k: dict(v) for k, v in (train_cfg or {}).items()}  # as thaw() does
+            self.assigner = things.build(copy["assigner"]) if copy else None
+            self.extra = [things.build(e) for e in (extra or {}).get("steps", [])]
+
+    @things.register_module()
+    class Detector:
+        def __init__(self, head: dict, train_cfg: dict | None = None):
+            self.head = things.build(head, train_cfg=train_cfg)
+
+    with pytest.raises(BuildArgumentError, match=r"\(at model\.train_cfg\.assigner\.b\)"):
+        things.build(dict(type="Detector", head=dict(type="Head"), train_cfg=dict(
+            assigner=dict(type="Assigner", pos_iou_thr=0.5, b=1))), _path="model")
+    with pytest.raises(UnknownTypeError, match=r"at model\.head\.extra\.steps\.1\b"):
+        things.build(dict(type="Detector", head=dict(type="Head", extra=dict(steps=[
+            dict(type="Assigner", pos_iou_thr=0.5), dict(type="Asigner")]))), _path="model")
+
+
+def test_a_typo_in_the_train_cfg_of_a_real_model_names_its_full_path():
+    from detlab.models import build_model
+
+    anchors = dict(type="AnchorGenerator", octave_base_scale=4, scales_per_octave=3,
+                   ratios=[0.5, 1.0, 2.0], strides=[8, 16, 32, 64, 128])
+    model = dict(
+        type="RetinaNet",
+        backbone=dict(type="ResNet", depth=18, num_stages=4, out_indices=(1, 2, 3),
+                      init_cfg=None),
+        neck=dict(type="FPN", in_channels=[128, 256, 512], out_channels=16, start_level=0,
+                  add_extra_convs="on_input", num_outs=5),
+        bbox_head=dict(type="RetinaHead", num_classes=3, in_channels=16, stacked_convs=1,
+                       feat_channels=16, anchor_generator=anchors,
+                       bbox_coder=dict(type="DeltaXYWHBBoxCoder"),
+                       loss_cls=dict(type="FocalLoss", use_sigmoid=True),
+                       loss_bbox=dict(type="L1Loss")),
+        # RetinaNet hands train_cfg to its head as a plain dict; the head builds the assigner
+        train_cfg=dict(assigner=dict(type="MaxIoUAssigner", pos_iou_thr=0.5, neg_iou_thr=0.4,
+                                     b=1)))
+    with pytest.raises(BuildArgumentError) as err:
+        build_model(model)
+    assert "MaxIoUAssigner does not accept 'b' (at model.train_cfg.assigner.b)" in str(err.value)
+
+
+def test_a_built_object_must_agree_with_the_defaults_it_cannot_take(things):
+    @things.register_module()
+    class Head:
+        def __init__(self, num_classes: int = 80, in_channels: int = 256,
+                     sizes: tuple = (8, 16), train_cfg: dict | None = None):
+            self.num_classes, self.in_channels, self.sizes = num_classes, in_channels, sizes
+            self.train_cfg, self.loss = dict(train_cfg or {}), torch.nn.Identity()
+
+    head = Head()
+    assert things.build(head) is head
+    assert things.build(head, num_classes=80, sizes=[8, 16], in_channels=None) is head
+    assert things.build(head, loss=dict(type="L1Loss"), not_an_attribute=3) is head
+    with pytest.raises(ConfigError) as err:
+        things.build(head, _path="model.bbox_head", num_classes=3)
+    assert str(err.value).startswith(
+        "Head (at model.bbox_head) is already built with num_classes=80, but num_classes=3 is "
+        "given for it here")
+    with pytest.raises(ConfigError, match=r"train_cfg=\{\}, but train_cfg=\{'pos': 1\}"):
+        things.build(head, train_cfg=dict(pos=1))
+
+    @things.register_module()
+    class Detector:
+        def __init__(self, bbox_head: Any, num_classes: int = 3):
+            self.bbox_head = things.build(bbox_head, num_classes=num_classes)
+
+    with pytest.raises(ConfigError, match=r"Head \(at model\.bbox_head\) .*num_classes=80"):
+        things.build(dict(type="Detector", bbox_head=head), _path="model")
+    assert things.build(dict(type="Detector", bbox_head=head, num_classes=80)).bbox_head is head
 
 
 def test_error_inside_a_constructor_gets_a_note_with_the_path(things):
