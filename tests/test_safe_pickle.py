@@ -113,3 +113,48 @@ def test_other_classes_need_trust(tmp_path):
     assert safe_pickle.load(path, trust=True) == fractions.Fraction(1, 3)
     with pytest.raises(UnsafePickleError, match="convert it to json"):
         safe_pickle.load(path, advice="Or convert it to json.")
+
+
+# ---- where detlab reads pickles ----------------------------------------------------------------
+
+
+def test_load_results_reads_arrays_and_refuses_code(tmp_path):
+    from detlab.engine.tester import load_results
+
+    path = tmp_path / "results.pkl"
+    path.write_bytes(pickle.dumps([[np.array([[0, 0, 4, 4, 0.9]], np.float32),
+                                    np.zeros((0, 5), np.float32)]], protocol=2))
+    (result,) = load_results(str(path), ("a", "b"))
+    assert result.label_names() == ["a"] and result.scores.tolist() == pytest.approx([0.9])
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.pkl"
+    evil.write_bytes(pickle.dumps([[WritesMarker(marker)]]))
+    with pytest.raises(UnsafePickleError, match=r"evil\.pkl: refusing .*--trust-pickle"):
+        load_results(str(evil))
+    assert not marker.exists()
+    trusted = tmp_path / "trusted.pkl"  # a class the restricted reader does not know
+    trusted.write_bytes(pickle.dumps([[collections.UserList([[1, 2, 3, 4, 0.5]])]]))
+    with pytest.raises(UnsafePickleError, match=r"collections\.UserList"):
+        load_results(str(trusted))
+    (result,) = load_results(str(trusted), trust_pickle=True)
+    assert result.boxes.tolist() == [[1, 2, 3, 4]]
+
+
+def test_annotation_pickles_of_a_custom_dataset(tmp_path):
+    from detlab.data.datasets.custom import CustomDataset
+
+    infos = [dict(filename="a.jpg", width=8, height=6,
+                  ann=dict(bboxes=np.array([[1, 1, 5, 5]], np.float32),
+                           labels=np.array([0], np.int64)))]
+    path = tmp_path / "ann.pkl"
+    path.write_bytes(pickle.dumps(infos))
+    dataset = CustomDataset(str(path), pipeline=[], classes=("thing",), test_mode=True)
+    assert len(dataset) == 1
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil_ann.pkl"
+    evil.write_bytes(pickle.dumps([WritesMarker(marker)]))
+    with pytest.raises(UnsafePickleError) as err:
+        CustomDataset(str(evil), pipeline=[], classes=("thing",), test_mode=True)
+    assert str(err.value).startswith(f"{evil}: refusing to load this pickle: it names ")
+    assert "load_annotations of a CustomDataset subclass" in str(err.value)
+    assert not marker.exists()

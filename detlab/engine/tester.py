@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torchvision.ops import batched_nms
 
+from detlab import safe_pickle
 from detlab.config import Config, load_config
 from detlab.engine.dist import get_dist_info
 from detlab.structures import Batch, DetResult
@@ -106,10 +107,13 @@ def save_results(results: Sequence[DetResult], path: str, num_classes: int) -> s
     return path
 
 
-def load_results(path: str, class_names: Sequence[str] | None = None) -> list[DetResult]:
-    """Read a ``results.pkl`` (MMDetection 2.x's per-class arrays) back into DetResults."""
-    with open(path, "rb") as f:
-        raw = pickle.load(f)  # noqa: S301 -- a results file the user wrote
+def load_results(path: str, class_names: Sequence[str] | None = None,
+                 trust_pickle: bool = False) -> list[DetResult]:
+    """Read a ``results.pkl`` (MMDetection 2.x's per-class arrays) back into DetResults.
+
+    The pickle is read with :func:`detlab.safe_pickle.load`: lists and numpy arrays only, so a
+    crafted file cannot run code; ``trust_pickle=True`` reads any pickle (a trusted file)."""
+    raw = safe_pickle.load(path, trust=trust_pickle)
     if not isinstance(raw, list) or (raw and not isinstance(raw[0], (list, tuple))):
         raise ValueError(f"{path} does not hold MMDetection-style results (a list, per image, of "
                          f"per-class (n, 5) arrays)")

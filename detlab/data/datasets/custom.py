@@ -29,8 +29,10 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
+from detlab import safe_pickle
 from detlab.data.transforms.compose import Compose
 from detlab.registry import DATASETS
+from detlab.safe_pickle import UnsafePickleError
 
 _MAX_REDRAWS = 100  # samples tried in a row before concluding the pipeline drops everything
 _BOX_KEYS = (("bboxes", "labels"), ("bboxes_ignore", "labels_ignore"))
@@ -139,20 +141,29 @@ def _read_json(path: str) -> Any:
         raise ValueError(f"annotation file {path!r} is not UTF-8 text: {err}") from None
 
 
+# what to do with an annotation pickle that names code (safe_pickle refuses it)
+_PICKLE_ADVICE = ("If the file comes from a trusted source, read it in the load_annotations of "
+                  "a CustomDataset subclass (pickle.load), or convert it to a .json file.")
+
+
 def read_annotation_file(path: str) -> Any:
     """The content of a ``.pkl`` / ``.pickle`` or ``.json`` (or ``.yaml``) file, with errors
-    that name it (and the line, for json and yaml)."""
+    that name it (and the line, for json and yaml). A pickle is read with
+    :func:`detlab.safe_pickle.load`: lists, dicts, numbers, strings and numpy arrays load, and
+    one that names anything else (code it would run) is refused with an
+    :class:`~detlab.safe_pickle.UnsafePickleError`."""
     ext = os.path.splitext(path)[1].lower()
     try:
         if ext in (".pkl", ".pickle"):
-            with open(path, "rb") as f:
-                return pickle.load(f)
+            return safe_pickle.load(path, advice=_PICKLE_ADVICE)
         if ext in (".yaml", ".yml"):
             import yaml
 
             with open(path, encoding="utf-8") as f:
                 return yaml.safe_load(f)
         return _read_json(path)
+    except UnsafePickleError:
+        raise
     except (pickle.UnpicklingError, EOFError) as err:
         raise ValueError(f"annotation file {path!r} is not a readable pickle: {err}") from None
     except PermissionError as err:
