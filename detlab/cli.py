@@ -22,6 +22,51 @@ def _add_cfg_options(parser: argparse.ArgumentParser) -> None:
              "(numbers, true/false/none, a,b and [a,b] lists, (a,b) tuples, else strings)")
 
 
+def _add_options_alias(parser: argparse.ArgumentParser, replaced: str) -> None:
+    """MMDetection's tools still take ``--options`` for ``--cfg-options`` (train.py) or
+    ``--eval-options`` (test.py), with a deprecation warning."""
+    parser.add_argument("--options", nargs="+", metavar="KEY=VALUE",
+                        help=f"deprecated alias of {replaced}, as in MMDetection's tools")
+
+
+def _use_options_alias(args: argparse.Namespace, dest: str) -> None:
+    """Move a deprecated ``--options`` to ``args.<dest>``, warning on stderr as MMDetection
+    does; both at once is an error."""
+    if args.options is None:
+        return
+    flag = "--" + dest.replace("_", "-")
+    if getattr(args, dest):
+        raise ValueError(f"--options and {flag} cannot both be given: --options is deprecated "
+                         f"in favor of {flag}; put all the KEY=VALUE pairs after {flag}")
+    print(f"detlab {args.verb}: warning: --options is deprecated in favor of {flag} (same "
+          "KEY=VALUE pairs)", file=sys.stderr)
+    setattr(args, dest, args.options)
+
+
+def _add_launch(parser: argparse.ArgumentParser) -> argparse._MutuallyExclusiveGroup:
+    """``--launcher`` and ``--gpu-id`` (MMDetection's names); returns the GPU group."""
+    parser.add_argument("--launcher", choices=("none", "pytorch", "slurm"),
+                        help="how the processes were started: pytorch (torchrun), slurm, or "
+                             "none (one process); default: read from the environment")
+    gpus = parser.add_mutually_exclusive_group()
+    gpus.add_argument("--gpu-id", type=int,
+                      help="the GPU of a run without a launcher (default: the first)")
+    return gpus
+
+
+def _gpu_ids(args: argparse.Namespace) -> list[int] | None:
+    """``--gpu-id N`` -> ``[N]``; the deprecated ``--gpu-ids`` keeps its first id, as
+    MMDetection's train.py does (a run without a launcher uses one GPU)."""
+    if args.gpu_id is not None:
+        return [args.gpu_id]
+    ids = getattr(args, "gpu_ids", None)
+    if not ids:
+        return None
+    print(f"detlab {args.verb}: warning: --gpu-ids is deprecated, use --gpu-id: a run without "
+          f"a launcher uses one GPU, so GPU {ids[0]} is used", file=sys.stderr)
+    return ids[:1]
+
+
 def _add_print_config(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "print-config", help="print a config with its _base_ files and overrides resolved",
@@ -69,19 +114,27 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
                         help="do not evaluate on data.val during training")
     parser.add_argument("--device", help="cuda, cuda:1, cpu ... (default: CUDA when present)")
     parser.add_argument("--seed", type=int, help="random seed")
+    parser.add_argument("--auto-resume", action="store_true",
+                        help="resume from the newest checkpoint of the work dir, if any")
     parser.add_argument("--deterministic", action="store_true",
                         help="deterministic cuDNN kernels")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    gpus = _add_launch(parser)
+    gpus.add_argument("--gpu-ids", type=int, nargs="+", metavar="ID",
+                      help="deprecated (use --gpu-id): the first id is used")
     _add_cfg_options(parser)
+    _add_options_alias(parser, "--cfg-options")
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from detlab.engine.trainer import train
+    from detlab import train
 
+    _use_options_alias(args, "cfg_options")
     run = train(args.config, work_dir=args.work_dir, device=args.device,
                 resume_from=args.resume_from, load_from=args.load_from,
                 validate=not args.no_validate, seed=args.seed, deterministic=args.deterministic,
-                cfg_options=args.cfg_options, progress=not args.no_progress)
+                cfg_options=args.cfg_options, progress=not args.no_progress,
+                launcher=args.launcher, gpu_ids=_gpu_ids(args), auto_resume=args.auto_resume)
     print(f"work_dir: {run.work_dir}\ncheckpoint: {run.checkpoint}")
     for key, value in run.metrics.items():
         print(f"{key}: {value:.4f}")
@@ -104,8 +157,13 @@ def _add_test(subparsers: argparse._SubParsersAction) -> None:
                         help="write COCO result files (--eval-options jsonfile_prefix=PREFIX) "
                              "instead of evaluating, e.g. for a test-dev submission")
     parser.add_argument("--device", help="cuda, cpu ... (default: CUDA when present)")
+    parser.add_argument("--allow-partial", action="store_true",
+                        help="load a checkpoint that does not match the model: what matches "
+                             "loads, the rest is reported (default: such a checkpoint fails)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_launch(parser)
     _add_cfg_options(parser)
+    _add_options_alias(parser, "--eval-options")
 
 
 def _print_metrics(output: dict) -> None:
@@ -122,16 +180,19 @@ def _print_metrics(output: dict) -> None:
 
 
 def _run_test(args: argparse.Namespace) -> int:
+    from detlab import test
     from detlab.config import parse_cfg_options
-    from detlab.engine.tester import test
 
+    _use_options_alias(args, "eval_options")
     if not (args.eval or args.out or args.show_dir or args.format_only):
         raise ValueError("say what to do with the results: --eval bbox, --out results.pkl, "
                          "--format-only and/or --show-dir DIR")
     output = test(args.config, args.checkpoint, eval=args.eval, out=args.out,
                   show_dir=args.show_dir, show_score_thr=args.show_score_thr, device=args.device,
                   cfg_options=args.cfg_options, eval_options=parse_cfg_options(args.eval_options),
-                  format_only=args.format_only, progress=not args.no_progress)
+                  format_only=args.format_only, progress=not args.no_progress,
+                  launcher=args.launcher, gpu_ids=_gpu_ids(args),
+                  allow_partial=args.allow_partial)
     _print_metrics(output)
     return 0
 
@@ -146,6 +207,9 @@ def _add_eval_metric(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--format-only", action="store_true",
                         help="write COCO result files (--eval-options jsonfile_prefix=PREFIX)")
     parser.add_argument("--eval-options", nargs="+", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="read a results file that holds more than arrays (a pickle can "
+                             "run code: only for files from a trusted source)")
     _add_cfg_options(parser)
 
 
@@ -156,7 +220,7 @@ def _run_eval_metric(args: argparse.Namespace) -> int:
     _print_metrics(eval_metric(args.config, args.results, eval=args.eval,
                                format_only=args.format_only,
                                eval_options=parse_cfg_options(args.eval_options),
-                               cfg_options=args.cfg_options))
+                               cfg_options=args.cfg_options, trust_pickle=args.trust_pickle))
     return 0
 
 
@@ -351,6 +415,8 @@ def _add_check_dataset(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--img-prefix", help="image folder (with an annotation file)")
     parser.add_argument("--split", default="train", help="data.<split> of a config")
     parser.add_argument("--no-images", action="store_true", help="do not open the images")
+    parser.add_argument("--sample", type=int, metavar="N",
+                        help="decode only N images, spread evenly (default: decode all)")
     parser.add_argument("--out", help="also save the findings as a CSV file")
     _add_cfg_options(parser)
 
@@ -359,7 +425,8 @@ def _run_check_dataset(args: argparse.Namespace) -> int:
     from detlab.data.checks import check_dataset, format_report
 
     findings = check_dataset(args.source, img_prefix=args.img_prefix, split=args.split,
-                             cfg_options=args.cfg_options, check_images=not args.no_images)
+                             cfg_options=args.cfg_options, check_images=not args.no_images,
+                             sample=args.sample)
     print(format_report(findings))
     if args.out:
         findings.to_csv(args.out, index=False)

@@ -1,9 +1,14 @@
 """The ``detlab`` command line."""
 
 import json
+import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
 
 from detlab.cli import main
 from detlab.config import Config
@@ -135,3 +140,145 @@ def test_data_verbs(shapes_root, make_config, tmp_path, capsys):
     original = json.loads(open(ann).read())
     converted = json.loads(open(written[-1]).read())
     assert len(converted["annotations"]) == len(original["annotations"])
+
+
+# ---- MMDetection's flags, passed to the library (the library call is replaced) ----------------
+
+
+class Recorder:
+    """Stands in for a library function: records its keywords, returns ``result``."""
+
+    def __init__(self, result):
+        self.result, self.calls = result, []
+
+    def __call__(self, *args, **kwargs):
+        self.calls.append((args, kwargs))
+        return self.result
+
+
+@pytest.fixture
+def fake_train(monkeypatch):
+    import detlab
+
+    fake = Recorder(SimpleNamespace(work_dir="w", checkpoint="w/latest.pth", metrics={}))
+    monkeypatch.setattr(detlab, "train", fake)
+    return fake
+
+
+@pytest.fixture
+def fake_test(monkeypatch):
+    import detlab
+
+    fake = Recorder({"bbox_mAP": 0.5})
+    monkeypatch.setattr(detlab, "test", fake)
+    return fake
+
+
+def test_train_passes_launcher_gpu_and_auto_resume(fake_train, capsys):
+    assert main(["train", "c.py", "--launcher", "pytorch", "--gpu-id", "1", "--auto-resume"]) == 0
+    _, kwargs = fake_train.calls[-1]
+    assert (kwargs["launcher"], kwargs["gpu_ids"], kwargs["auto_resume"]) == ("pytorch", [1], True)
+    assert main(["train", "c.py"]) == 0
+    _, kwargs = fake_train.calls[-1]
+    assert (kwargs["launcher"], kwargs["gpu_ids"], kwargs["auto_resume"]) == (None, None, False)
+    assert main(["train", "c.py", "--gpu-ids", "2", "3"]) == 0
+    assert fake_train.calls[-1][1]["gpu_ids"] == [2]  # MMDetection uses the first one too
+    assert "--gpu-ids is deprecated" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "c.py", "--launcher", "mpi"])
+
+
+def test_options_is_the_deprecated_alias_of_cfg_options_for_train(fake_train, capsys):
+    assert main(["train", "c.py", "--options", "optimizer.lr=0.1", "seed=3"]) == 0
+    assert fake_train.calls[-1][1]["cfg_options"] == ["optimizer.lr=0.1", "seed=3"]
+    assert "--options is deprecated in favor of --cfg-options" in capsys.readouterr().err
+    assert main(["train", "c.py", "--options", "a=1", "--cfg-options", "b=2"]) == 2
+    assert "cannot both be given" in capsys.readouterr().err
+
+
+def test_test_passes_launcher_gpu_and_allow_partial(fake_test, capsys):
+    assert main(["test", "c.py", "x.pth", "--eval", "bbox", "--launcher", "slurm",
+                 "--gpu-id", "0", "--allow-partial"]) == 0
+    _, kwargs = fake_test.calls[-1]
+    assert (kwargs["launcher"], kwargs["gpu_ids"], kwargs["allow_partial"]) == \
+        ("slurm", [0], True)
+    assert main(["test", "c.py", "x.pth", "--eval", "bbox"]) == 0
+    _, kwargs = fake_test.calls[-1]
+    assert (kwargs["launcher"], kwargs["gpu_ids"], kwargs["allow_partial"]) == \
+        (None, None, False)
+    assert "bbox_mAP: 0.5000" in capsys.readouterr().out
+
+
+def test_options_is_the_deprecated_alias_of_eval_options_for_test(fake_test, capsys):
+    # MMDetection's tools/test.py: "--options is deprecated in favor of --eval-options"
+    assert main(["test", "c.py", "x.pth", "--eval", "bbox", "--options", "classwise=True"]) == 0
+    assert fake_test.calls[-1][1]["eval_options"] == {"classwise": True}
+    assert "--options is deprecated in favor of --eval-options" in capsys.readouterr().err
+
+
+def test_a_config_error_of_the_library_is_one_line_without_traceback(monkeypatch, capsys):
+    import detlab
+    from detlab.config import ConfigError
+
+    def rejects(*args, **kwargs):
+        raise ConfigError("--eval-options: dataset.evaluate has no option 'clswise'. Did you "
+                          "mean 'classwise'? It accepts: classwise, iou_thrs, proposal_nums.")
+
+    monkeypatch.setattr(detlab, "test", rejects)
+    assert main(["test", "c.py", "x.pth", "--eval", "bbox", "--eval-options",
+                 "clswise=True"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("detlab test: error: --eval-options: ") and "'classwise'" in err
+
+
+def test_eval_metric_refuses_a_pickle_that_names_code(shapes_root, make_config, tmp_path,
+                                                      capsys, monkeypatch):
+    config = tmp_path / "tiny.py"
+    make_config(shapes_root).dump(config)
+    marker = tmp_path / "ran"
+    evil = tmp_path / "results.pkl"
+    evil.write_bytes(pickle.dumps([[RunsCommand(f"touch {marker}")]]))
+    assert main(["eval-metric", str(config), str(evil)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"detlab eval-metric: error: {evil}: refusing to load this pickle")
+    assert "--trust-pickle" in err and "Traceback" not in err and not marker.exists()
+    assert main(["eval-metric", str(config), str(evil), "--eval-options", "clswise=True"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "clswise" in err and "Traceback" not in err
+    from detlab.engine import tester
+
+    fake = Recorder({"bbox_mAP": 0.25})
+    monkeypatch.setattr(tester, "eval_metric", fake)
+    assert main(["eval-metric", str(config), str(evil), "--trust-pickle"]) == 0
+    assert fake.calls[-1][1]["trust_pickle"] is True and not marker.exists()
+
+
+class RunsCommand:
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+def test_check_dataset_decodes_images_and_fails_without_any(tmp_path, capsys):
+    from PIL import Image
+
+    Image.effect_noise((64, 48), 50).convert("RGB").save(tmp_path / "a.jpg", quality=90)
+    data = (tmp_path / "a.jpg").read_bytes()
+    (tmp_path / "a.jpg").write_bytes(data[:len(data) // 2])
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps(dict(
+        images=[dict(id=7, file_name="a.jpg", width=64, height=48)],
+        annotations=[dict(id=1, image_id=7, category_id=1, bbox=[1, 1, 9, 9], iscrowd=0)],
+        categories=[dict(id=1, name="a")])))
+    assert main(["check-dataset", str(ann), "--img-prefix", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "unreadable_image" in out and "truncated" in out
+    assert main(["check-dataset", str(ann), "--img-prefix", str(tmp_path), "--sample", "0"]) == 0
+    assert "sample=0: decoded 0 of 1" in capsys.readouterr().out
+    ann.write_text(json.dumps(dict(images=[], annotations=[], categories=[dict(id=1,
+                                                                               name="a")])))
+    assert main(["check-dataset", str(ann)]) == 1
+    assert "no_images" in capsys.readouterr().out

@@ -5,8 +5,10 @@
 problems it looks for, their severity and meaning are in :data:`PROBLEMS`. Bad data is reported,
 never raised. :func:`format_report` prints a summary.
 
-The box checks run on numpy arrays over all annotations at once; images are probed by their
-headers only (PIL does not decode the pixels), in a few threads.
+The box checks run on numpy arrays over all annotations at once. Every image file is opened
+(its header gives its size) and decoded as the loader decodes it -- a truncated JPEG would
+otherwise stop training mid-epoch -- in a few threads; ``sample=N`` decodes only ``N`` images
+spread evenly over the dataset (the others are still opened).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from detlab.data.converters._common import oriented_size
+from detlab.data.transforms.loading import imread
 
 COLUMNS = ("problem", "severity", "image_id", "file", "ann_id", "detail")
 SEVERITIES = ("error", "warning", "info")
@@ -29,6 +32,7 @@ SEVERITIES = ("error", "warning", "info")
 PROBLEMS: dict[str, tuple[str, str]] = {
     "missing_ann_file": ("error", "the annotation file of the dataset does not exist"),
     "unreadable_ann_file": ("error", "the annotation file cannot be read as a detection dataset"),
+    "no_images": ("error", "the dataset has no images: there is nothing to train or test on"),
     "missing_data_root": ("error", "data_root is not a folder"),
     "missing_img_prefix": ("error", "img_prefix (under data_root) is not a folder"),
     "missing_classes_file": ("error", "the classes file named by the config does not exist"),
@@ -44,7 +48,8 @@ PROBLEMS: dict[str, tuple[str, str]] = {
     "degenerate_box": ("error", "box width or height is zero or negative"),
     "box_outside_image": ("error", "box does not overlap its image (training drops it)"),
     "missing_image": ("error", "the image file does not exist"),
-    "unreadable_image": ("error", "the image file is not an image PIL can open"),
+    "unreadable_image": ("error", "the image file cannot be opened or decoded as the loader "
+                                  "reads it (not an image, damaged or truncated)"),
     "size_mismatch": ("error", "width/height in the file differ from the image on disk"),
     "box_exceeds_image": ("warning", "box extends past the image border by more than 1 px"),
     "tiny_box": ("warning", "box narrower or shorter than 1 px (training drops it)"),
@@ -53,14 +58,14 @@ PROBLEMS: dict[str, tuple[str, str]] = {
     "class_imbalance": ("warning", "a class has less than 1/10 of the mean instances a class"),
     "image_without_annotations": ("info", "an image has no annotation (filter_empty_gt drops "
                                           "it from training)"),
-    "images_not_checked": ("info", "image files were not (all) probed"),
+    "images_not_checked": ("info", "image files were not (all) probed or decoded"),
 }
 
 DUPLICATE_IOU = 0.95
 IMBALANCE_RATIO = 0.1
 BORDER_TOLERANCE = 1.0  # px; boxes a rounding error past the border are normal in COCO
 _PAIR_CHUNK = 2_000_000  # box pairs compared at a time in the duplicate search
-_PROBE_THREADS = 8  # header reads wait on the disk, so a few threads help even on 2 cores
+_PROBE_THREADS = 8  # reads wait on the disk and PIL decodes without the GIL: threads help
 _WRAPPER_KEYS = ("dataset", "datasets")
 
 
@@ -100,6 +105,7 @@ class _Findings:
 class _Options:
     check_images: bool = True
     max_images: int | None = None
+    sample: int | None = None  # decode only this many images, spread evenly
     source: str | None = None  # config file, named in config-level findings
 
 
@@ -382,13 +388,14 @@ def _check_class_counts(anns: _Anns, cat_ids: list[Any], cat_names: list[str],
 
 
 # --------------------------------------------------------------------------------------------
-# Image files (headers only)
+# Image files
 # --------------------------------------------------------------------------------------------
 
 
-def _probe(path: str) -> tuple[str, Any]:
-    """``('ok', (w, h))`` as the loader sees the image (EXIF turn applied), ``('missing',
-    None)`` or ``('unreadable', message)``; reads the header only."""
+def _probe(path: str, decode: bool) -> tuple[str, Any]:
+    """``('ok', ((w, h), turned))`` as the loader sees the image (EXIF turn applied),
+    ``('missing', None)`` or ``('unreadable', message)``. Reads the header, and with ``decode``
+    the whole image, as ``LoadImageFromFile`` reads it."""
     from PIL import Image
 
     if not os.path.isfile(path):
@@ -397,19 +404,41 @@ def _probe(path: str) -> tuple[str, Any]:
         with Image.open(path) as image:
             width, height, turned = oriented_size(image)
     except Exception as err:  # PIL also raises SyntaxError, DecompressionBombError...
-        return "unreadable", f"{type(err).__name__}: {err}"
+        return "unreadable", f"cannot be opened as an image: {type(err).__name__}: {err}"
+    if decode:
+        try:
+            imread(path)
+        except Exception as err:  # what LoadImageFromFile would stop the training with
+            return "unreadable", (f"cannot be decoded ({type(err).__name__}: {err}): the "
+                                  "loader would fail on it; re-export or remove this image")
     return "ok", ((width, height), turned)
 
 
-def _check_image_files(images: _Images, prefix: str, max_images: int | None,
+def decode_sample(count: int, sample: int | None) -> np.ndarray:
+    """Positions ``(k,)`` of the images to decode among ``count``: all of them, or ``sample``
+    spread evenly from the first to the last (the same ones every time)."""
+    if sample is None or sample >= count:
+        return np.arange(count)
+    if sample <= 0:
+        return np.zeros(0, np.int64)
+    return np.unique(np.linspace(0, count - 1, sample).round().astype(np.int64))
+
+
+def _check_image_files(images: _Images, prefix: str, options: _Options,
                        out: _Findings) -> None:
     todo = list(range(len(images.ids)))
+    max_images = options.max_images
     if max_images is not None and len(todo) > max_images:
         out.add("images_not_checked", f"max_images={max_images}: probed the first {max_images} "
                 f"of {len(todo)} images")
         todo = todo[:max_images]
+    decode = np.zeros(len(todo), dtype=bool)
+    decode[decode_sample(len(todo), options.sample)] = True
+    if not decode.all():
+        out.add("images_not_checked", f"sample={options.sample}: decoded {int(decode.sum())} of "
+                f"{len(todo)} images, spread evenly; the others were opened (header) only")
     with ThreadPoolExecutor(_PROBE_THREADS) as pool:
-        results = list(pool.map(_probe, [images.files[i] for i in todo]))
+        results = list(pool.map(_probe, [images.files[i] for i in todo], decode.tolist()))
     missing = [i for i, (status, _) in zip(todo, results, strict=True) if status == "missing"]
     if len(missing) > 1 and len(missing) == len(todo):
         out.add("missing_image", f"none of the {len(todo)} images exists under {prefix!r} "
@@ -455,6 +484,10 @@ def _check_coco_dict(data: Mapping[str, Any], ann_file: str, img_prefix: str | N
         out.add("unreadable_ann_file", "not a COCO detection file: it needs 'images', "
                 "'annotations' and 'categories' lists", file=ann_file)
         return
+    if not data["images"]:
+        out.add("no_images", "the file lists no images (its 'images' list is empty)",
+                file=ann_file)
+        return
     images = _image_table(data["images"], img_prefix, out)
     cat_ids, cat_names = _category_table(data["categories"], ann_file, out)
     anns = _ann_table(data.get("annotations", []), images, cat_ids)
@@ -469,7 +502,7 @@ def _check_coco_dict(data: Mapping[str, Any], ann_file: str, img_prefix: str | N
         out.add("images_not_checked", "no img_prefix: image files were not probed",
                 file=ann_file)
     else:
-        _check_image_files(images, img_prefix, options.max_images, out)
+        _check_image_files(images, img_prefix, options, out)
 
 
 def _read_json(path: str, out: _Findings) -> Any:
@@ -619,7 +652,7 @@ def _check_leaf(leaf: Mapping, path: str, img_prefix: str | None, out: _Findings
     if names is not file_names:
         _check_class_names(names, file_names, path, ann_file, out)
     leaf_options = _Options(options.check_images and prefix_ok, options.max_images,
-                            options.source)
+                            options.sample, options.source)
     _check_coco_dict(data, ann_file, dataset_prefix or prefix, out, leaf_options,
                     classes=names)
     return names
@@ -688,7 +721,8 @@ def _as_coco_input(source: Any, out: _Findings) -> tuple[str, Any] | None:
 
 def check_dataset(config_or_ann_file: Any, img_prefix: str | None = None, split: str = "train",
                   cfg_options: Mapping[str, Any] | Sequence[str] | None = None,
-                  check_images: bool = True, max_images: int | None = None) -> Any:
+                  check_images: bool = True, max_images: int | None = None,
+                  sample: int | None = None) -> Any:
     """Preflight report of a detection dataset: a :class:`pandas.DataFrame`, one finding a row,
     columns :data:`COLUMNS` (``problem``, ``severity`` -- ``'error'``, ``'warning'`` or
     ``'info'`` --, ``image_id``, ``file``, ``ann_id``, ``detail``); see :data:`PROBLEMS`.
@@ -703,8 +737,13 @@ def check_dataset(config_or_ann_file: Any, img_prefix: str | None = None, split:
             an annotation file's images are not probed.
         split: the ``data`` key of a config to check.
         cfg_options: dotted overrides of the config (``{'a.b': v}`` or ``['a.b=v']``).
-        check_images: probe the image files (existence, header, size).
-        max_images: probe only the first ``max_images`` images.
+        check_images: check the image files: that they exist, that their size is the one
+            the annotations give, and that they decode as the loader decodes them (a damaged
+            or truncated file would stop training).
+        max_images: check only the first ``max_images`` images.
+        sample: decode only ``sample`` images, spread evenly over the dataset (the same ones
+            every run); the others are opened (header, size) without being decoded. Default:
+            decode every image.
 
     Raises only when the input itself cannot be used: a missing annotation file given
     directly, a config that cannot be loaded, a config without ``data.<split>``. A config's
@@ -713,7 +752,9 @@ def check_dataset(config_or_ann_file: Any, img_prefix: str | None = None, split:
     from detlab.config import load_config
 
     out = _Findings()
-    options = _Options(check_images, max_images)
+    if sample is not None and sample < 0:
+        raise ValueError(f"sample must be a number of images (0 or more), got {sample}")
+    options = _Options(check_images, max_images, sample)
     coco_input = _as_coco_input(config_or_ann_file, out)
     if coco_input is not None:
         name, data = coco_input
@@ -746,4 +787,4 @@ def format_report(df: Any, max_rows: int = 20) -> str:
 
 
 __all__ = ["COLUMNS", "PROBLEMS", "SEVERITIES", "check_dataset", "format_report",
-           "dataset_leaves", "duplicate_pairs", "head_num_classes"]
+           "dataset_leaves", "decode_sample", "duplicate_pairs", "head_num_classes"]

@@ -16,6 +16,7 @@ from detlab.data.checks import (
     COLUMNS,
     PROBLEMS,
     check_dataset,
+    decode_sample,
     duplicate_pairs,
     format_report,
     head_num_classes,
@@ -160,6 +161,58 @@ def test_images_not_found_at_all_is_one_finding(clean, tmp_path):
     unprobed = check_dataset(ann_file)
     assert list(unprobed.problem) == ["images_not_checked"]
     assert check_dataset(ann_file, check_images=False).empty
+
+
+def _truncate(path: Path, keep: float = 0.6) -> None:
+    """Cut ``path`` short: its header (and size) stay readable, its pixels do not."""
+    data = path.read_bytes()
+    path.write_bytes(data[:int(len(data) * keep)])
+
+
+def _noisy_jpegs(root: Path, count: int) -> dict:
+    """A COCO dict of ``count`` 64 x 48 JPEGs (noise: a cut file loses pixels) under ``root``."""
+    root.mkdir(parents=True, exist_ok=True)
+    images = []
+    for i in range(1, count + 1):
+        Image.effect_noise((64, 48), 40 + i).convert("RGB").save(root / f"{i}.jpg", quality=90)
+        images.append(dict(id=i, file_name=f"{i}.jpg", width=64, height=48))
+    annotations = [dict(id=i, image_id=i, category_id=1, bbox=[2, 2, 20, 20], iscrowd=0)
+                   for i in range(1, count + 1)]
+    return dict(images=images, annotations=annotations, categories=[dict(id=1, name="a")])
+
+
+def test_a_truncated_image_is_found_by_decoding_it(tmp_path):
+    data = _noisy_jpegs(tmp_path, 3)
+    _truncate(tmp_path / "2.jpg")
+    df = check_dataset(data, img_prefix=str(tmp_path))
+    assert list(df.problem) == ["unreadable_image"]
+    row = df.iloc[0]
+    assert (row.image_id, row.severity) == (2, "error") and row.file.endswith("2.jpg")
+    assert "truncated" in row.detail and "cannot be decoded" in row.detail
+    assert check_dataset(data, img_prefix=str(tmp_path), check_images=False).empty
+
+
+def test_sample_decodes_images_spread_evenly(tmp_path):
+    data = _noisy_jpegs(tmp_path, 9)
+    for name in ("1.jpg", "5.jpg", "6.jpg"):  # positions 0 and 4 are in a sample of 3
+        _truncate(tmp_path / name)
+    df = check_dataset(data, img_prefix=str(tmp_path), sample=3)
+    assert sorted(_rows(df, "unreadable_image").image_id) == [1, 5]
+    (note,) = _rows(df, "images_not_checked").detail
+    assert note.startswith("sample=3: decoded 3 of 9 images")
+    assert list(decode_sample(9, 3)) == [0, 4, 8] and list(decode_sample(2, 3)) == [0, 1]
+    assert list(decode_sample(10, 4)) == list(decode_sample(10, 4)) == [0, 3, 6, 9]
+    assert len(_rows(check_dataset(data, img_prefix=str(tmp_path)), "unreadable_image")) == 3
+    assert _rows(check_dataset(data, img_prefix=str(tmp_path), sample=0),
+                 "unreadable_image").empty
+
+
+def test_a_dataset_without_images_is_an_error(tmp_path):
+    data = dict(images=[], annotations=[], categories=[dict(id=1, name="a")])
+    df = check_dataset(_dump(data, tmp_path / "empty.json"), img_prefix=str(tmp_path))
+    assert list(df.problem) == ["no_images"] and list(df.severity) == ["error"]
+    assert df.file[0].endswith("empty.json")
+    assert format_report(df) != "no problems found"
 
 
 def test_size_mismatch_follows_exif_orientation(tmp_path):
