@@ -34,7 +34,7 @@ _EXPORTS = {
     "build_dataset": "detlab.data",
     "build_dataloader": "detlab.data",
     "make_shapes_dataset": "detlab.data",
-    "train": "detlab.engine.trainer",
+    "train": "detlab.engine.setup",
     "test": "detlab.engine.tester",
     "single_gpu_test": "detlab.engine.tester",
     "init_detector": "detlab.inference",

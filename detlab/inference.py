@@ -27,17 +27,22 @@ ImageInput = Any  # str | os.PathLike | np.ndarray (H x W x 3 RGB) | PIL.Image.I
 
 def init_detector(config: str | Config | Mapping, checkpoint: str | None = None,
                   device: str | torch.device = "cpu",
-                  cfg_options: Mapping[str, Any] | None = None) -> nn.Module:
+                  cfg_options: Mapping[str, Any] | None = None,
+                  allow_partial: bool = False) -> nn.Module:
     """The detector a config describes, with ``checkpoint``'s weights and class names, in eval
-    mode on ``device``; ``model.cfg`` keeps the config (its test pipeline is used)."""
-    from detlab.engine.checkpoint import load_checkpoint
+    mode on ``device``; ``model.cfg`` keeps the config (its test pipeline is used).
+
+    The checkpoint must match the model (a mismatch names the first offending keys and the
+    config keys to change); ``allow_partial=True`` loads what matches and reports the rest."""
+    from detlab.checkpoint import load_checkpoint
     from detlab.models import build_model
 
     cfg = load_config(config, cfg_options)
     model = build_model(cfg.model)
     classes = None
     if checkpoint is not None:
-        classes = load_checkpoint(model, checkpoint, map_location="cpu")["meta"].get("CLASSES")
+        classes = load_checkpoint(model, checkpoint, map_location="cpu",
+                                  strict=not allow_partial)["meta"].get("CLASSES")
     if classes is None:
         classes = _classes_from_config(cfg)
     model.CLASSES = tuple(classes) if classes is not None else None

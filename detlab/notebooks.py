@@ -20,8 +20,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from detlab.engine.logging import RUN_DIR_ENV
+
 RECORD_ENV = "DETLAB_RECORD_FILE"
-RUN_DIR_ENV = "DETLAB_RUN_DIR"
 RECORD_MIME = "application/vnd.detlab.record+json"
 
 

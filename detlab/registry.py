@@ -391,7 +391,7 @@ BACKBONES = NECKS = HEADS = LOSSES = DETECTORS = MODELS  # MMDetection 2.x names
 DATASETS = Registry("dataset", modules=("detlab.data",))
 TRANSFORMS = Registry("transform", modules=("detlab.data",))
 PIPELINES = TRANSFORMS
-HOOKS = Registry("hook", modules=("detlab.engine",))
+HOOKS = Registry("hook", modules=("detlab.engine.hooks",))
 OPTIMIZERS = Registry("optimizer", modules=("detlab.engine.optim",))
 OPTIMIZER_BUILDERS = Registry("optimizer builder", modules=("detlab.engine.optim",))
 

@@ -6,7 +6,7 @@ from conftest import tiny_config
 from PIL import Image
 
 from detlab.data import make_shapes_dataset
-from detlab.engine.trainer import train
+from detlab.engine.setup import train
 from detlab.inference import inference_detector, init_detector, show_result
 from detlab.structures import DetResult
 

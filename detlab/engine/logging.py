@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from typing import Any
 
 LOGGER_NAME = "detlab"
+# set while detlab.notebooks runs a notebook headless (its run folder): progress bars stay off
+RUN_DIR_ENV = "DETLAB_RUN_DIR"
 
 
 def get_logger(log_file: str | None = None, level: int | str = logging.INFO,
@@ -51,6 +53,28 @@ def close_file_handlers(logger: logging.Logger) -> None:
         if isinstance(handler, logging.FileHandler):
             logger.removeHandler(handler)
             handler.close()
+
+
+def log_to_files(logger: logging.Logger, level: int, message: str) -> None:
+    """Write ``message`` to the logger's files only (a traceback the console already shows)."""
+    record = logger.makeRecord(logger.name, level, __file__, 0, message, (), None)
+    for handler in logger.handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+def read_run_status(path: str) -> dict[str, Any] | None:
+    """The final status row of a JSON log (``status``: 'finished', 'crashed' or
+    'interrupted', with ``final_epoch``, ``final_iter`` and ``error``), or None while the run
+    has not ended."""
+    status = None
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if '"status"' in line:
+                row = json.loads(line)
+                if "status" in row and "mode" not in row:
+                    status = row
+    return status
 
 
 def env_info() -> dict[str, str]:
@@ -122,10 +146,16 @@ def load_json_log(path: str):
     return pd.DataFrame(read_json_log(path))
 
 
-def format_row(row: Mapping[str, Any], iters_per_epoch: int | None = None) -> str:
-    """A log row as the text line MMDetection prints: ``Epoch [1][50/7330]  lr: 1.000e-03, ...``."""
+def format_row(row: Mapping[str, Any], iters_per_epoch: int | None = None,
+               max_iters: int | None = None) -> str:
+    """A log row as the text line MMDetection prints: ``Epoch [1][50/7330]  lr: 1.000e-03, ...``
+    (``Iter [50/90000]`` for an iteration-based run, when ``max_iters`` is given)."""
     head = f"Epoch({row['mode']}) [{row['epoch']}]"
-    if row["mode"] == "train":
+    if max_iters is not None:
+        head = f"Iter({row['mode']}) [{row['iter']}/{max_iters}]"
+        if row["mode"] == "train":
+            head = f"Iter [{row['iter']}/{max_iters}]"
+    elif row["mode"] == "train":
         head = f"Epoch [{row['epoch']}][{row['iter']}/{iters_per_epoch or '?'}]"
     parts = []
     for key, value in row.items():
@@ -169,8 +199,6 @@ def progress_bar(iterable: Any, desc: str, **kwargs: Any) -> Any:
     headless: the saved notebook would keep only the bar's first state ("0%") -- the log lines
     tell the progress there."""
     import warnings
-
-    from detlab.notebooks import RUN_DIR_ENV
 
     if os.environ.get(RUN_DIR_ENV):
         return iterable

@@ -3,6 +3,7 @@ checkpoint)``, which builds the test set and the model from a config, evaluates 
 
 from __future__ import annotations
 
+import inspect
 import os
 import pickle
 from collections.abc import Iterable, Mapping, Sequence
@@ -14,8 +15,14 @@ from torch import nn
 from torchvision.ops import batched_nms
 
 from detlab import safe_pickle
-from detlab.config import Config, load_config
-from detlab.engine.dist import get_dist_info
+from detlab.checkpoint import load_checkpoint
+from detlab.config import Config, ConfigError, load_config
+from detlab.data import build_dataset
+from detlab.dist import broadcast_object, get_dist_info, init_dist, select_device
+from detlab.engine.loaders import build_test_loader
+from detlab.engine.logging import progress_bar
+from detlab.models import build_model
+from detlab.registry import check_arguments
 from detlab.structures import Batch, DetResult
 
 
@@ -68,8 +75,6 @@ def single_gpu_test(model: nn.Module, data_loader: Iterable, show_dir: str | Non
     device = next(model.parameters()).device
     batches = data_loader
     if progress and get_dist_info()[0] == 0:
-        from detlab.engine.logging import progress_bar
-
         batches = progress_bar(data_loader, "test")
     results: list[DetResult] = []
     for batch in batches:
@@ -139,24 +144,44 @@ def format_results(dataset: Any, results: Sequence[DetResult], jsonfile_prefix: 
     return paths
 
 
-def build_test_objects(cfg: Config, checkpoint: str | None, device: torch.device,
-                       split: str = "test") -> tuple[nn.Module, Any, Any]:
-    """The model (with the checkpoint's weights and classes), dataset and loader of
-    ``data.<split>`` in test mode."""
-    from detlab.data import build_dataloader, build_dataset
-    from detlab.engine.checkpoint import load_checkpoint
-    from detlab.engine.setup import _loader_args
-    from detlab.models import build_model
+def check_evaluate_options(dataset: Any, options: Mapping[str, Any], path: str) -> None:
+    """Raise a ConfigError naming ``path`` (``evaluation``, ``--eval-options``) if
+    ``dataset.evaluate`` would reject one of ``options`` (``metrc=...``, ``clswise=True``), with
+    the closest names it takes -- before a run, not after its first epoch."""
+    check_arguments(dataset.evaluate, dict(options, results=None),
+                    f"{type(dataset).__name__}.evaluate", path)
 
-    split_cfg = dict(cfg.data[split])
-    samples = split_cfg.pop("samples_per_gpu", 1)
-    dataset = build_dataset(split_cfg, dict(test_mode=True), _path=f"data.{split}")
-    loader = build_dataloader(dataset, shuffle=False, dist=get_dist_info()[1] > 1,
-                              **_loader_args(cfg.data, f"{split}_dataloader", samples))
+
+@torch.no_grad()
+def evaluate_model(model: nn.Module, data_loader: Any, logger: Any = None,
+                   progress: bool = True, **options: Any) -> dict[str, Any]:
+    """Detect on every image of ``data_loader`` (each process its share, gathered) and evaluate
+    once, in the main process, with ``dataset.evaluate(results, **options)``; every process gets
+    the metrics. ``logger`` receives the per-class tables where the dataset writes them."""
+    results = single_gpu_test(model, data_loader, progress=progress)
+    metrics: dict[str, Any] | None = None
+    if get_dist_info()[0] == 0:
+        dataset = data_loader.dataset
+        if logger is not None and "logger" in inspect.signature(dataset.evaluate).parameters:
+            options = dict(options, logger=options.get("logger", logger))
+        metrics = dict(dataset.evaluate(results, **options))
+    return broadcast_object(metrics)
+
+
+def build_test_objects(cfg: Config, checkpoint: str | None, device: torch.device,
+                       split: str = "test", allow_partial: bool = False
+                       ) -> tuple[nn.Module, Any, Any]:
+    """The model (with the checkpoint's weights and classes), dataset and loader of
+    ``data.<split>`` in test mode. The checkpoint loads strictly: a mismatch names the first
+    offending keys and the config keys to change, unless ``allow_partial`` (then what matches
+    loads, and the rest is reported)."""
+    loader = build_test_loader(cfg, split, get_dist_info()[1] > 1)
+    dataset = loader.dataset
     model = build_model(cfg.model)
     classes = None
     if checkpoint:
-        meta = load_checkpoint(model, checkpoint, map_location="cpu")["meta"]
+        meta = load_checkpoint(model, checkpoint, map_location="cpu",
+                               strict=not allow_partial)["meta"]
         classes = meta.get("CLASSES")
     model.CLASSES = tuple(classes or dataset.CLASSES)
     return model.to(device).eval(), dataset, loader
@@ -167,64 +192,80 @@ def test(cfg: str | Config | Mapping, checkpoint: str | None, eval: Sequence[str
          show_score_thr: float = 0.3, device: str | None = None,
          cfg_options: Mapping[str, Any] | Iterable[str] | None = None,
          eval_options: Mapping[str, Any] | None = None, split: str = "test",
-         format_only: bool = False, progress: bool = True) -> dict[str, Any]:
+         format_only: bool = False, progress: bool = True, allow_partial: bool = False,
+         launcher: str | None = None, gpu_ids: Sequence[int] | None = None) -> dict[str, Any]:
     """Detect on ``data.<split>`` with the weights of ``checkpoint`` and evaluate.
 
     Returns the metrics (MMDetection's names, e.g. ``bbox_mAP``) plus ``results`` (the list of
     DetResult). ``out`` saves the results as a ``.pkl``; ``show_dir`` saves pictures;
     ``format_only`` writes COCO result files instead of evaluating (``eval_options`` must give
-    ``jsonfile_prefix``), e.g. for a COCO test-dev submission.
+    ``jsonfile_prefix``), e.g. for a COCO test-dev submission. The checkpoint must match the
+    config's model (``allow_partial=True`` loads what matches, with a report). ``launcher``
+    (``'pytorch'``, ``'slurm'``, ``'none'``; default: read from the environment) and ``gpu_ids``
+    as MMDetection's ``tools/test.py``.
     """
-    from detlab.engine.dist import init_dist_from_env, select_device
-
     cfg = load_config(cfg, cfg_options)
-    init_dist_from_env()
-    device = select_device(device or cfg.get("device"))
-    model, dataset, loader = build_test_objects(cfg, checkpoint, device, split)
+    init_dist(launcher, cfg.get("dist_params"))
+    device = select_device(device or cfg.get("device"), gpu_ids)
+    model, dataset, loader = build_test_objects(cfg, checkpoint, device, split, allow_partial)
+    options = _metric_options(eval, classwise, eval_options, format_only)
+    if options is not None:
+        check_evaluate_options(dataset, options, "--eval-options")
     results = single_gpu_test(model, loader, show_dir, show_score_thr, progress)
     output: dict[str, Any] = {}
     if get_dist_info()[0] == 0:
         if out:
             save_results(results, out, len(model.CLASSES))
-        output.update(_evaluate_or_format(dataset, results, eval, classwise, eval_options,
+        output.update(_evaluate_or_format(dataset, results, options, eval_options,
                                           format_only))
     output["results"] = results
     return output
 
 
-def _evaluate_or_format(dataset: Any, results: Sequence[DetResult], eval: Any, classwise: bool,
+def _metric_options(eval: Any, classwise: bool, eval_options: Mapping[str, Any] | None,
+                    format_only: bool) -> dict[str, Any] | None:
+    """The keyword arguments of ``dataset.evaluate`` (None when nothing is evaluated)."""
+    metrics = [eval] if isinstance(eval, str) else list(eval or [])
+    if format_only or not metrics:
+        return None
+    options = dict(eval_options or {})
+    options.setdefault("classwise", classwise)
+    return dict(options, metric=metrics)
+
+
+def _evaluate_or_format(dataset: Any, results: Sequence[DetResult],
+                        options: Mapping[str, Any] | None,
                         eval_options: Mapping[str, Any] | None, format_only: bool
                         ) -> dict[str, Any]:
-    options = dict(eval_options or {})
     if format_only:
-        prefix = options.pop("jsonfile_prefix", None)
+        prefix = dict(eval_options or {}).get("jsonfile_prefix")
         if not prefix:
-            raise ValueError("format_only needs eval_options jsonfile_prefix=PATH/PREFIX (the "
-                             "result files become PREFIX.bbox.json ...)")
+            raise ConfigError("format_only needs eval_options jsonfile_prefix=PATH/PREFIX (the "
+                              "result files become PREFIX.bbox.json ...)")
         return {"result_files": format_results(dataset, results, prefix)}
-    metrics = [eval] if isinstance(eval, str) else list(eval or [])
-    if not metrics:
+    if options is None:
         return {}
-    options.setdefault("classwise", classwise)
-    return dict(dataset.evaluate(results, metric=metrics, **options))
+    return dict(dataset.evaluate(results, **options))
 
 
 def eval_metric(cfg: str | Config | Mapping, results: str | Sequence[DetResult],
                 eval: Sequence[str] | str = ("bbox",), format_only: bool = False,
                 eval_options: Mapping[str, Any] | None = None,
                 cfg_options: Mapping[str, Any] | Iterable[str] | None = None,
-                split: str = "test") -> dict[str, Any]:
+                split: str = "test", trust_pickle: bool = False) -> dict[str, Any]:
     """Evaluate saved results (a ``results.pkl`` from ``test(out=...)``) on ``data.<split>``,
-    as MMDetection's ``tools/analysis_tools/eval_metric.py``."""
-    from detlab.data import build_dataset
-
+    as MMDetection's ``tools/analysis_tools/eval_metric.py``. The pickle is read with a
+    restricted unpickler (arrays and plain data) unless ``trust_pickle``."""
     cfg = load_config(cfg, cfg_options)
     split_cfg = dict(cfg.data[split])
     split_cfg.pop("samples_per_gpu", None)
     dataset = build_dataset(split_cfg, dict(test_mode=True), _path=f"data.{split}")
+    options = _metric_options(eval, False, eval_options, format_only)
+    if options is not None:
+        check_evaluate_options(dataset, options, "--eval-options")
     if isinstance(results, str):
-        results = load_results(results, dataset.CLASSES)
-    return _evaluate_or_format(dataset, results, eval, False, eval_options, format_only)
+        results = load_results(results, dataset.CLASSES, trust_pickle=trust_pickle)
+    return _evaluate_or_format(dataset, results, options, eval_options, format_only)
 
 
 test.__test__ = False  # a library function, not a test for pytest to collect

@@ -22,12 +22,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from detlab.config import ConfigError, did_you_mean
-from detlab.engine.checkpoint import (  # noqa: F401  (re-exported for model code)
+from detlab.checkpoint import (  # noqa: F401  (re-exported for model code)
     CheckpointLoadError,
     load_checkpoint,
     torchvision_weights_url,
 )
+from detlab.config import ConfigError, did_you_mean
 from detlab.models.utils import constant_init, kaiming_init
 
 INIT_TYPES = ("Kaiming", "Xavier", "Normal", "TruncNormal", "Uniform", "Constant", "Pretrained")

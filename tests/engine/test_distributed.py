@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from detlab.engine.checkpoint import read_checkpoint
+from detlab.checkpoint import read_checkpoint
 from detlab.engine.logging import read_json_log
 
 

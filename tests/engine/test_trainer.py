@@ -8,12 +8,12 @@ import pytest
 import torch
 from conftest import tiny_config
 
+from detlab.checkpoint import read_checkpoint
 from detlab.config import Config, ConfigError
-from detlab.engine.checkpoint import read_checkpoint
 from detlab.engine.hooks import Hook
 from detlab.engine.logging import read_json_log
+from detlab.engine.setup import train
 from detlab.engine.tester import load_results, test
-from detlab.engine.trainer import train
 from detlab.registry import HOOKS
 
 TRAIN_KEYS = {"mode", "epoch", "iter", "lr", "time", "data_time", "memory", "loss_cls",

@@ -233,12 +233,15 @@ def _runtime_parts(cfg: Mapping[str, Any]) -> Iterator[Component]:
         policy = str(lr.get("policy", "fixed"))
         name = LR_POLICIES.get(policy.lower(), f"{policy}LrUpdaterHook")
         yield Component("lr_config", lr, HOOKS, name, ignore=frozenset({"policy"}))
-    defaults = dict(optimizer_config="OptimizerHook", checkpoint_config="CheckpointHook",
-                    evaluation="EvalHook")
+    defaults = dict(optimizer_config="OptimizerHook", checkpoint_config="CheckpointHook")
     for key, default in defaults.items():
         if isinstance(cfg.get(key), Mapping):
-            name = default if key == "evaluation" else str(cfg[key].get("type", default))
-            yield Component(key, cfg[key], HOOKS, name, provided=frozenset({"dataloader"}))
+            yield Component(key, cfg[key], HOOKS, str(cfg[key].get("type", default)))
+    if isinstance(cfg.get("evaluation"), Mapping):
+        # the options the hook does not take go to the validation dataset's evaluate()
+        yield Component("evaluation", cfg["evaluation"], HOOKS, "EvalHook",
+                        ignore=_evaluate_options(cfg) | {"type"},
+                        provided=frozenset({"dataloader", "evaluate", "eval_options"}))
     if _typed(cfg.get("optimizer")):
         yield Component("optimizer", cfg["optimizer"], OPTIMIZERS, cfg["optimizer"]["type"],
                         ignore=frozenset({"paramwise_cfg", "constructor"}),
@@ -252,6 +255,20 @@ def _runtime_parts(cfg: Mapping[str, Any]) -> Iterator[Component]:
         if _typed(hook):
             yield Component(f"custom_hooks.{i}", hook, HOOKS, hook["type"],
                             ignore=frozenset({"priority"}))
+
+
+def _evaluate_options(cfg: Mapping[str, Any]) -> frozenset[str]:
+    """The keyword arguments of the validation dataset's ``evaluate``."""
+    import inspect
+
+    from detlab.registry import DATASETS
+
+    val = (cfg.get("data") or {}).get("val")
+    dataset_type = val.get("type") if isinstance(val, Mapping) else None
+    dataset = DATASETS.get(dataset_type, None) if isinstance(dataset_type, str) else None
+    if dataset is None or not hasattr(dataset, "evaluate"):
+        return frozenset()
+    return frozenset(inspect.signature(dataset.evaluate).parameters) - {"self", "results"}
 
 
 def find_components(cfg: Mapping[str, Any]) -> list[Component]:

@@ -174,6 +174,7 @@ class TrainingMonitor(WidgetView):
         self.samples_per_iter = samples_per_iter
         self.max_epochs: int | None = None
         self.iters_per_epoch: int | None = None
+        self.run_status: str | None = None  # 'finished', 'crashed', 'interrupted' once ended
         self.log_path: str | None = None
         self.view_updates = 0  # how many times the view was redrawn (for tests and debugging)
         self._given_samples = samples_per_iter
@@ -268,6 +269,9 @@ class TrainingMonitor(WidgetView):
         except ValueError:
             return  # not a row (a log written by something else): skip it
         if not isinstance(row, dict):
+            return
+        if "status" in row and "mode" not in row:  # the last line: how the run ended
+            self.run_status = str(row["status"])
             return
         if "mode" not in row:  # the first line: the run's facts
             text = str(row.get("config", ""))

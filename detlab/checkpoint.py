@@ -8,8 +8,10 @@ downloaded through torch.hub's cache. A checkpoint is a dict in MMDetection's la
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
 import time
 import warnings
 from collections import OrderedDict
@@ -21,26 +23,49 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from detlab import __version__
 from detlab.config import ConfigError, closest
 
 logger = logging.getLogger("detlab")
-# keys of a torchvision classifier checkpoint that a detection backbone does not use
-EXPECTED_UNUSED_PREFIXES = ("fc.",)
+# keys of a torchvision classifier checkpoint that a detection backbone does not use, and the
+# EMA copies (mmcv's EMAHook keeps them as ``ema_*`` buffers of the model) a trained checkpoint
+# may carry
+EXPECTED_UNUSED_PREFIXES = ("fc.", "ema_")
+# temporary files of an atomic write: ``epoch_3.pth.tmp12345``
+TMP_MARK = ".tmp"
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)  # DataParallel / DistributedDataParallel
 
 
+def _disk_full_message(path: str, err: BaseException) -> str:
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        free = f"{shutil.disk_usage(folder).free / 2**20:.0f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    return (f"could not write checkpoint {path} ({free} in {folder}): {err}. Free some space "
+            f"(or set checkpoint_config.out_dir / max_keep_ckpts) and resume from the newest "
+            f"checkpoint that was written.")
+
+
+def _is_write_failure(err: BaseException) -> bool:
+    """A failed write: an OSError, or torch's RuntimeError from its zip writer (a full disk
+    shows as ``inline_container.cc ... unexpected pos``)."""
+    text = str(err)
+    return isinstance(err, OSError) or "inline_container" in text or "StreamWriter" in text
+
+
 def save_checkpoint(path: str, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
                     meta: Mapping[str, Any] | None = None,
                     extra: Mapping[str, Any] | None = None) -> str:
     """Write ``model`` (and ``optimizer``) to ``path`` through a temporary file and a rename, so a
-    crash while writing never leaves a broken checkpoint behind. Returns ``path``."""
+    crash while writing never leaves a broken checkpoint behind. Returns ``path``. A failed write
+    (a full disk) removes the temporary file and raises :class:`CheckpointWriteError` naming the
+    path and the free space."""
     meta = dict(meta or {})
     meta.setdefault("time", time.asctime())
-    from detlab import __version__
-
     meta.setdefault("detlab_version", __version__)
     state = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
     checkpoint: dict[str, Any] = {"meta": meta, "state_dict": OrderedDict(state)}
@@ -48,10 +73,60 @@ def save_checkpoint(path: str, model: nn.Module, optimizer: torch.optim.Optimize
         checkpoint["optimizer"] = optimizer.state_dict()
     checkpoint.update(extra or {})
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(checkpoint, tmp)
-    os.replace(tmp, path)
+    tmp = f"{path}{TMP_MARK}{os.getpid()}"
+    try:
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        if not _is_write_failure(err):
+            raise
+        raise CheckpointWriteError(_disk_full_message(path, err)) from err
     return path
+
+
+def link_latest(target: str, link: str) -> str:
+    """Make ``link`` (``latest.pth``) point at ``target`` in the same folder: a relative symbolic
+    link, replaced atomically; a copy where the file system has no links."""
+    tmp = f"{link}{TMP_MARK}{os.getpid()}"
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(tmp)
+    try:
+        os.symlink(os.path.basename(target), tmp)
+    except OSError:
+        shutil.copyfile(target, tmp)
+    os.replace(tmp, link)
+    return link
+
+
+def remove_orphaned_temp_files(folder: str) -> list[str]:
+    """Remove ``*.pth.tmp<PID>`` files left in ``folder`` by a process that no longer runs (a
+    kill -9 or a full disk during a write). Returns the removed paths."""
+    removed = []
+    if not os.path.isdir(folder):
+        return removed
+    for name in os.listdir(folder):
+        head, mark, pid = name.rpartition(TMP_MARK)
+        if not mark or not head or not pid.isdigit() or _process_alive(int(pid)):
+            continue
+        path = os.path.join(folder, name)
+        with contextlib.suppress(OSError):
+            os.remove(path)
+            removed.append(path)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 class CheckpointLoadError(ConfigError, OSError):
@@ -60,6 +135,14 @@ class CheckpointLoadError(ConfigError, OSError):
 
 class CheckpointNotFoundError(CheckpointLoadError, FileNotFoundError):
     """A checkpoint file that does not exist."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint that could not be written (a full disk, a folder without permission)."""
+
+
+class CheckpointMismatchError(CheckpointLoadError):
+    """A checkpoint whose keys or shapes do not match the model, loaded strictly."""
 
 
 def torchvision_weights_url(name: str) -> str:
@@ -197,10 +280,34 @@ def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], stric
         else:
             usable[key] = value
     report.missing = [k for k in own if k not in state_dict and "num_batches_tracked" not in k]
-    model.load_state_dict(usable, strict=False)
     if strict and report:
-        raise RuntimeError(f"{source} does not match the model:\n{report}")
+        raise CheckpointMismatchError(mismatch_message(report))
+    model.load_state_dict(usable, strict=False)
     return report
+
+
+def _config_keys(keys: list[str]) -> str:
+    """``model.<part>`` for the first few parts of the model that ``keys`` belong to."""
+    parts = list(dict.fromkeys(f"model.{key.split('.')[0]}" for key in keys))
+    return ", ".join(parts[:3])
+
+
+def mismatch_message(report: LoadReport) -> str:
+    """What a strict load says: the first offending keys and the config keys to change."""
+    lines = [f"{report.source} does not match the model built from the config:"]
+    if report.shape_mismatch:
+        key, want, got = report.shape_mismatch[0]
+        lines.append(f"  {len(report.shape_mismatch)} tensors differ in shape, first {key}: the "
+                     f"model has {want}, the checkpoint {got}")
+    for what, keys in (("missing in the checkpoint", report.missing),
+                       ("not in the model", report.unexpected)):
+        if keys:
+            lines.append(f"  {len(keys)} keys {what}, first: {', '.join(keys[:5])}")
+    offending = [k for k, _, _ in report.shape_mismatch] + report.missing + report.unexpected
+    hint = (f"Make the config describe the checkpoint's model (look at {_config_keys(offending)}"
+            f"; a classifier whose first dimension differs means another num_classes), or pass "
+            f"allow_partial=True (--allow-partial) to load what matches and report the rest.")
+    return "\n".join(lines + [hint])
 
 
 def log_report(model: nn.Module, report: LoadReport, log: logging.Logger | None = None) -> None:

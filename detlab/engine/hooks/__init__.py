@@ -1,0 +1,30 @@
+"""Hooks: the pieces of the training loop that configs switch on and tune.
+
+One module per kind: :mod:`.base` (the ``Hook`` class, priorities), :mod:`.lr_updater`
+(``lr_config``), :mod:`.optimizer` (``optimizer_config`` / ``fp16``), :mod:`.checkpoint`
+(``checkpoint_config``), :mod:`.evaluation` (``evaluation``), :mod:`.logger` (``log_config``),
+:mod:`.timer` and :mod:`.checks`. Importing this package registers them all in ``HOOKS``.
+"""
+
+from detlab.engine.hooks import (  # noqa: F401  (registration)
+    checkpoint,
+    checks,
+    evaluation,
+    logger,
+    lr_updater,
+    optimizer,
+    timer,
+)
+from detlab.engine.hooks.base import PRIORITIES, Hook, LogBuffer, is_module_wrapper, priority_value
+from detlab.engine.hooks.checkpoint import CheckpointHook
+from detlab.engine.hooks.evaluation import EvalHook
+from detlab.engine.hooks.logger import LoggerHook, TextLoggerHook
+from detlab.engine.hooks.lr_updater import LR_POLICIES, LrUpdaterHook, build_lr_hook
+from detlab.engine.hooks.optimizer import OptimizerHook, build_optimizer_hook
+from detlab.engine.hooks.timer import IterTimerHook
+
+__all__ = [
+    "PRIORITIES", "Hook", "LogBuffer", "is_module_wrapper", "priority_value", "CheckpointHook",
+    "EvalHook", "LoggerHook", "TextLoggerHook", "LR_POLICIES", "LrUpdaterHook", "build_lr_hook",
+    "OptimizerHook", "build_optimizer_hook", "IterTimerHook",
+]
