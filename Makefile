@@ -7,14 +7,24 @@ STAMP  := $(VENV)/.detlab-installed
 PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 PYTEST_WORKERS ?= 2
 
-.PHONY: all venv test test-fast lint demo clean browser-deps
+.PHONY: all venv test test-fast lint demo clean browser-deps reference-deps
 
 all: test
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(BIN)/python -c "import sys" 2>/dev/null || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
 	$(PIP_INSTALL) -e '.[dev]'
+	$(MAKE) reference-deps
 	@touch $(STAMP)
+
+# mmcv 1.7.2's Python sources: the test-time reference for the runtime (LR and momentum schedules,
+# optimizer constructors, EMA). detlab never imports it. Its sdist needs a setuptools that still
+# has pkg_resources to build, and --no-deps keeps its opencv-python out of the venv.
+reference-deps:
+	@$(BIN)/python -c "import mmcv.runner" 2>/dev/null || \
+		PIP_CONSTRAINT=$(CURDIR)/tests/reference-build-constraints.txt \
+		$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps mmcv==1.7.2 \
+		&& $(PIP_INSTALL) addict yapf
 
 venv: $(STAMP)
 
