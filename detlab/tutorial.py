@@ -26,34 +26,58 @@ if TYPE_CHECKING:
 def lr_schedule(cfg: Config | Mapping[str, Any], iters_per_epoch: int,
                 max_epochs: int | None = None) -> pd.DataFrame:
     """The learning rate of each training iteration as the config's ``lr_config`` sets it
-    (warmup included), computed by the very hook training uses, on a stand-in trainer.
+    (warmup included), computed by the very hooks training uses, on a stand-in trainer that
+    calls them as the run will (by epochs, or by iterations for ``runner.max_iters``).
 
     Args:
-        cfg: a config with ``optimizer.lr`` and ``lr_config``.
+        cfg: a config with ``optimizer`` and ``lr_config`` (and maybe ``momentum_config``).
         iters_per_epoch: iterations in an epoch (images / ``data.samples_per_gpu``, rounded up).
-        max_epochs: the run's length (default ``runner.max_epochs``).
+        max_epochs: the run's length in epochs (default: the config's ``runner``).
 
     Returns:
-        A DataFrame with ``iter`` (from 0), ``epoch`` (from 1) and ``lr``.
+        A DataFrame with ``iter`` (from 0), ``epoch`` (from 1) and ``lr`` (of the optimizer's
+        first parameter group), plus ``momentum`` when the config has a ``momentum_config``.
     """
+    import logging
+
     import pandas as pd
+    import torch
 
+    from detlab.config import Config
     from detlab.engine.hooks import build_lr_hook
-    from detlab.engine.trainer import _max_epochs
+    from detlab.engine.hooks.momentum_updater import build_momentum_hook
+    from detlab.engine.optim import build_optimizer
+    from detlab.engine.setup import run_length
 
-    epochs = int(max_epochs or _max_epochs(cfg))
-    hook = build_lr_hook(dict(cfg["lr_config"]))
-    group = {"lr": float(cfg["optimizer"]["lr"])}
-    trainer = SimpleNamespace(optimizer=SimpleNamespace(param_groups=[group]), epoch=0, iter=0,
-                              max_epochs=epochs, iters_per_epoch=int(iters_per_epoch),
-                              max_iters=epochs * int(iters_per_epoch))
-    hook.before_run(trainer)
+    cfg = cfg if isinstance(cfg, Config) else Config(dict(cfg))
+    length = dict(max_epochs=int(max_epochs)) if max_epochs else run_length(cfg)
+    per_epoch, by_epoch = int(iters_per_epoch), "max_epochs" in length
+    max_iters = length["max_epochs"] * per_epoch if by_epoch else length["max_iters"]
+    hooks = [build_lr_hook(cfg["lr_config"], default_by_epoch=by_epoch)]
+    if cfg.get("momentum_config"):
+        hooks.append(build_momentum_hook(cfg["momentum_config"]))
+    optimizer = build_optimizer(torch.nn.Linear(1, 1, bias=False), cfg["optimizer"])
+    trainer = SimpleNamespace(optimizer=optimizer, epoch=0, iter=0, inner_iter=0,
+                              by_epoch=by_epoch, iters_per_epoch=per_epoch, max_iters=max_iters,
+                              max_epochs=-(-max_iters // per_epoch),
+                              logger=logging.getLogger("detlab"))
+    for hook in hooks:
+        hook.before_run(trainer)
+        if not by_epoch:
+            hook.before_epoch(trainer)  # an iteration-based run announces one epoch only
     rows = []
-    for step in range(trainer.max_iters):
-        trainer.iter, trainer.epoch = step, step // trainer.iters_per_epoch
-        hook.before_train_iter(trainer)
-        rows.append((step, trainer.epoch + 1, group["lr"]))
-    return pd.DataFrame(rows, columns=["iter", "epoch", "lr"])
+    for step in range(max_iters):
+        trainer.iter, (trainer.epoch, trainer.inner_iter) = step, divmod(step, per_epoch)
+        for hook in hooks:
+            if by_epoch and trainer.inner_iter == 0:
+                hook.before_train_epoch(trainer)
+        for hook in hooks:
+            hook.before_train_iter(trainer)
+        group = optimizer.param_groups[0]
+        momentum = group["betas"][0] if "betas" in group else group.get("momentum")
+        rows.append((step, trainer.epoch + 1, group["lr"], momentum))
+    table = pd.DataFrame(rows, columns=["iter", "epoch", "lr", "momentum"])
+    return table if len(hooks) > 1 else table.drop(columns="momentum")
 
 
 def checkpoint_summary(path: str | os.PathLike) -> dict[str, Any]:
