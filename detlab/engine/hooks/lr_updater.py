@@ -169,6 +169,7 @@ def cyclic_lengths(key: str, max_iters: int, cyclic_times: int,
 
 
 def check_cyclic(key: str, by_epoch: bool, cyclic_times: int, step_ratio_up: float) -> None:
+    """Reject the cyclic settings mmcv rejects (and a cycle count that is not a positive int)."""
     if by_epoch:
         raise ConfigError(f"{key}.by_epoch must be False for a cyclic schedule (as in mmcv)")
     if not isinstance(cyclic_times, int) or cyclic_times < 1:
@@ -178,6 +179,7 @@ def check_cyclic(key: str, by_epoch: bool, cyclic_times: int, step_ratio_up: flo
 
 
 def check_pct_start(key: str, by_epoch: bool, pct_start: float) -> None:
+    """Reject the one-cycle settings mmcv rejects."""
     if by_epoch:
         raise ConfigError(f"{key}.by_epoch must be False for a one-cycle schedule (as in mmcv)")
     if not 0 <= pct_start <= 1:
@@ -228,6 +230,7 @@ def check_schedule_fits(key: str, trainer: Trainer, by_epoch: bool) -> bool:
 
 
 def set_lr(trainer: Trainer, lrs: Sequence[float]) -> None:
+    """Give each parameter group its lr."""
     for group, lr in zip(trainer.optimizer.param_groups, lrs, strict=True):
         group["lr"] = lr
 
@@ -392,6 +395,7 @@ class _AnnealingLrUpdaterHook(LrUpdaterHook):
         self.min_lr, self.min_lr_ratio = min_lr, min_lr_ratio
 
     def target_lr(self, base_lr: float) -> float:
+        """Where the annealing ends for a group whose initial lr is ``base_lr``."""
         return base_lr * self.min_lr_ratio if self.min_lr_ratio is not None else self.min_lr
 
 

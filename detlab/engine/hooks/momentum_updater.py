@@ -50,6 +50,7 @@ def group_momentum(group: Mapping[str, Any]) -> float:
 
 
 def set_momentum(trainer: Trainer, momenta: Sequence[float]) -> None:
+    """Give each parameter group its momentum (``momentum``, else ``betas[0]``)."""
     for group, momentum in zip(trainer.optimizer.param_groups, momenta, strict=True):
         if "momentum" in group:
             group["momentum"] = momentum
@@ -58,6 +59,7 @@ def set_momentum(trainer: Trainer, momenta: Sequence[float]) -> None:
 
 
 def check_has_momentum(trainer: Trainer) -> None:
+    """Refuse an optimizer whose groups have no momentum to schedule."""
     optimizer = trainer.optimizer
     if any("momentum" not in g and "betas" not in g for g in optimizer.param_groups):
         raise ConfigError(f"momentum_config schedules a momentum, but the optimizer "
@@ -151,6 +153,7 @@ class _AnnealingMomentumUpdaterHook(MomentumUpdaterHook):
         self.min_momentum, self.min_momentum_ratio = min_momentum, min_momentum_ratio
 
     def target_momentum(self, base_momentum: float) -> float:
+        """Where the annealing ends for a group whose initial momentum is ``base_momentum``."""
         if self.min_momentum_ratio is not None:
             return base_momentum * self.min_momentum_ratio
         return self.min_momentum
@@ -266,6 +269,8 @@ class OneCycleMomentumUpdaterHook(MomentumUpdaterHook):
                                                 self.three_phase)
 
     def momentum_of_group(self, trainer: Trainer, group: Mapping[str, Any]) -> float:
+        """The scheduled momentum of ``group``, between its ``base_momentum`` and
+        ``max_momentum``."""
         start = 0.0
         for i, (end, start_key, end_key) in enumerate(self.phases):
             if trainer.iter <= end or i == len(self.phases) - 1:
