@@ -492,7 +492,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``detlab`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit status.
 
     A config or data error prints its message (which names the file and key) without a traceback
-    and exits with status 2.
+    and exits with status 2; a run that stopped on its own account (a diverged loss, a full disk:
+    the run's log has the details) with status 1; a Ctrl-C prints one line and exits with 130.
     """
     from detlab.config import ConfigError
 
@@ -503,6 +504,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, ValueError, ImportError) as err:
         print(f"detlab {args.verb}: error: {err}", file=sys.stderr)
         return 2
+    except (FloatingPointError, OSError) as err:
+        print(f"detlab {args.verb}: stopped: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"detlab {args.verb}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -226,7 +226,7 @@ def _default_hooks(cfg: Config, by_epoch: bool) -> list[Hook]:
     """The hooks of the runtime keys, in mmcv's order of registration."""
     hooks = []
     if cfg.get("lr_config"):
-        hooks.append(build_lr_hook(cfg.lr_config))
+        hooks.append(build_lr_hook(cfg.lr_config, default_by_epoch=by_epoch))
     if cfg.get("momentum_config"):
         hooks.append(build_momentum_hook(cfg.momentum_config))
     hooks.append(build_optimizer_hook(cfg.get("optimizer_config"), cfg.get("fp16")))

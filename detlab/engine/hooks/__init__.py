@@ -12,6 +12,7 @@ from detlab.engine.hooks import (  # noqa: F401  (registration)
     evaluation,
     logger,
     lr_updater,
+    momentum_updater,
     optimizer,
     timer,
 )
