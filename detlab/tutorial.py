@@ -16,6 +16,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -91,6 +92,21 @@ def checkpoint_summary(path: str | os.PathLike) -> dict[str, Any]:
     return dict(keys=sorted(checkpoint), meta=dict(checkpoint.get("meta", {})),
                 tensors=len(state), parameters=int(sum(t.numel() for t in state.values())),
                 megabytes=round(os.path.getsize(path) / 2**20, 2))
+
+
+def compare_weights(a: str | os.PathLike, b: str | os.PathLike) -> dict[str, Any]:
+    """How far apart the weights of two checkpoints are: ``identical`` (every tensor equal, bit
+    for bit), ``tensors`` (how many), ``differing`` (how many differ) and ``max_abs_diff``."""
+    from detlab.checkpoint import read_checkpoint
+
+    first, second = read_checkpoint(a)["state_dict"], read_checkpoint(b)["state_dict"]
+    if first.keys() != second.keys():
+        raise ValueError(f"{a} and {b} hold different tensors: "
+                         f"{sorted(set(first) ^ set(second))[:5]}")
+    differing = [k for k in first if not torch.equal(first[k], second[k])]
+    gaps = [float((first[k].double() - second[k].double()).abs().max()) for k in differing]
+    return dict(identical=not differing, tensors=len(first), differing=len(differing),
+                max_abs_diff=max(gaps, default=0.0))
 
 
 def panning_frames(images: Sequence[str | os.PathLike | np.ndarray], num_frames: int = 24,

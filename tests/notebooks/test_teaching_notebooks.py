@@ -121,6 +121,7 @@ def test_03_train_and_resume(tmp_path, one_thread):
                       samples_per_gpu=4, warmup_iters=2, log_interval=2,
                       cfg_options={"data.workers_per_gpu": 0}, **TINY)
     assert records["iters_per_epoch"] == 2 and records["schedule_matches"] is True
+    assert records["resume_matches_straight"] is True  # bit for bit
     assert records["first_run_epochs"] == 2 and records["resumed_epochs"] == 3
     assert records["resumed_train_rows"] == 2  # the monitor saw the resumed epoch only
     assert [row[0] for row in records["epoch_summary"]] == [1, 2]
