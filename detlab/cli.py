@@ -118,6 +118,9 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
                         help="resume from the newest checkpoint of the work dir, if any")
     parser.add_argument("--deterministic", action="store_true",
                         help="deterministic cuDNN kernels")
+    parser.add_argument("--auto-scale-lr", action="store_true",
+                        help="scale optimizer.lr to the actual batch (the config's "
+                             "auto_scale_lr.base_batch_size is the batch its lr was set for)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     gpus = _add_launch(parser)
     gpus.add_argument("--gpu-ids", type=int, nargs="+", metavar="ID",
@@ -134,7 +137,8 @@ def _run_train(args: argparse.Namespace) -> int:
                 resume_from=args.resume_from, load_from=args.load_from,
                 validate=not args.no_validate, seed=args.seed, deterministic=args.deterministic,
                 cfg_options=args.cfg_options, progress=not args.no_progress,
-                launcher=args.launcher, gpu_ids=_gpu_ids(args), auto_resume=args.auto_resume)
+                launcher=args.launcher, gpu_ids=_gpu_ids(args), auto_resume=args.auto_resume,
+                auto_scale_lr=args.auto_scale_lr)
     print(f"work_dir: {run.work_dir}\ncheckpoint: {run.checkpoint}")
     for key, value in run.metrics.items():
         print(f"{key}: {value:.4f}")

@@ -151,7 +151,7 @@ def _apply_runtime_settings(cfg: Config, device: torch.device) -> None:
         torch.multiprocessing.set_start_method(method, force=True)
 
 
-def auto_scale_lr(cfg: Config, world_size: int, logger: logging.Logger) -> None:
+def scale_lr(cfg: Config, world_size: int, logger: logging.Logger) -> None:
     """Scale ``optimizer.lr`` by the actual batch over ``auto_scale_lr.base_batch_size`` when
     ``auto_scale_lr.enable`` (MMDetection 2.28's linear scaling rule)."""
     settings = cfg.get("auto_scale_lr") or {}
@@ -287,7 +287,7 @@ def setup_training(cfg: Config, *, device: str | None = None, validate: bool = T
     set_random_seed(seed, deterministic)
     logger, json_log, json_path, text_log = _start_logs(cfg, seed)
     _apply_runtime_settings(cfg, device)
-    auto_scale_lr(cfg, get_dist_info()[1], logger)
+    scale_lr(cfg, get_dist_info()[1], logger)
     loader = build_train_loader(cfg, distributed, seed)
     model = _prepare_model(cfg, loader.dataset.CLASSES, device, distributed,
                            bool(cfg.get("resume_from")), logger)
@@ -347,7 +347,8 @@ def train(cfg: str | Config | Mapping, work_dir: str | None = None, device: str 
           seed: int | None = None, deterministic: bool = False,
           cfg_options: Mapping[str, Any] | Iterable[str] | None = None,
           progress: bool = True, hooks: Iterable[Hook] = (), auto_resume: bool = False,
-          launcher: str | None = None, gpu_ids: Sequence[int] | None = None) -> TrainRun:
+          launcher: str | None = None, gpu_ids: Sequence[int] | None = None,
+          auto_scale_lr: bool = False) -> TrainRun:
     """Train the model a config describes on its ``data.train``, validating on ``data.val``.
 
     Args:
@@ -369,6 +370,9 @@ def train(cfg: str | Config | Mapping, work_dir: str | None = None, device: str 
         launcher: ``'pytorch'`` (torchrun), ``'slurm'`` or ``'none'``; default: the
             environment's.
         gpu_ids: the GPU of a single-process run (MMDetection's ``--gpu-id``).
+        auto_scale_lr: scale ``optimizer.lr`` to the actual batch
+            (``auto_scale_lr.enable=True``; the config's ``auto_scale_lr.base_batch_size`` is the
+            batch its lr was set for).
     """
     cfg = load_config(cfg, cfg_options)
     cfg.work_dir = _work_dir(cfg, work_dir)
@@ -376,6 +380,8 @@ def train(cfg: str | Config | Mapping, work_dir: str | None = None, device: str 
         cfg.resume_from = resume_from
     if load_from is not None:
         cfg.load_from = load_from
+    if auto_scale_lr:
+        cfg.merge_from_dict({"auto_scale_lr.enable": True}, source="auto_scale_lr=True")
     if (auto_resume or cfg.get("auto_resume")) and not cfg.get("resume_from"):
         cfg.resume_from = find_latest_checkpoint(cfg.work_dir)
     trainer, run = setup_training(cfg, device=device, validate=validate, seed=seed,
