@@ -28,7 +28,13 @@ from detlab.checkpoint import (
     read_checkpoint,
     remove_orphaned_temp_files,
 )
-from detlab.config import Config, ConfigError, check_top_level_keys, load_config
+from detlab.config import (
+    Config,
+    ConfigError,
+    check_top_level_keys,
+    did_you_mean,
+    load_config,
+)
 from detlab.dist import broadcast_object, get_dist_info, init_dist, select_device, set_random_seed
 from detlab.engine.hooks import Hook, build_lr_hook, build_optimizer_hook
 from detlab.engine.hooks.momentum_updater import build_momentum_hook
@@ -71,6 +77,21 @@ def run_length(cfg: Config) -> dict[str, int]:
     if key not in runner:
         raise ConfigError(f"runner needs {key}: runner=dict(type={kind!r}, {key}=...)")
     return _positive(f"runner.{key}", runner[key], key)
+
+
+# runtime sections read here rather than built through a registry, and the keys each takes
+SECTION_KEYS = {"auto_scale_lr": ("enable", "base_batch_size"),
+                "dist_params": ("backend", "port", "init_method")}
+
+
+def check_section_keys(cfg: Config) -> None:
+    """Reject a misspelt key of a section that no constructor checks (``auto_scale_lr``,
+    ``dist_params``), with the closest names."""
+    for section, known in SECTION_KEYS.items():
+        for key in cfg.get(section) or {}:
+            if key not in known:
+                raise ConfigError(f"{section}.{key} is not a setting of {section}."
+                                  f"{did_you_mean(key, known)} It takes: {', '.join(known)}.")
 
 
 def _positive(path: str, value: Any, key: str) -> dict[str, int]:
@@ -281,6 +302,7 @@ def setup_training(cfg: Config, *, device: str | None = None, validate: bool = T
     length = run_length(cfg)
     workflow = _workflow(cfg)
     check_data_keys(cfg.data)
+    check_section_keys(cfg)
     distributed = init_dist(launcher, cfg.get("dist_params"))
     device = select_device(device or cfg.get("device"), gpu_ids)
     seed = _seed(cfg, seed, _resume_meta(cfg.get("resume_from")))

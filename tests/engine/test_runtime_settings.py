@@ -49,6 +49,13 @@ def test_workflow_with_validation_losses_and_auto_scale_lr(shapes_root, tmp_path
     assert len(val) == 1 and val[0]["loss"] > 0 and "loss_cls" in val[0]
 
 
+def test_settings_sections_are_checked(shapes_root, tmp_path):
+    with pytest.raises(ConfigError, match=r"auto_scale_lr.base_batch .*Did you mean "
+                                          r"'base_batch_size'"):
+        train(tiny_config(shapes_root, auto_scale_lr=dict(enable=True, base_batch=16)),
+              work_dir=str(tmp_path), progress=False)
+
+
 def test_workflow_mistakes(shapes_root, tmp_path):
     with pytest.raises(ConfigError, match=r"workflow step \('test', 1\)"):
         train(tiny_config(shapes_root, workflow=[("train", 1), ("test", 1)]),
