@@ -3,12 +3,14 @@
 One module per kind: :mod:`.base` (the ``Hook`` class, priorities), :mod:`.lr_updater`
 (``lr_config``), :mod:`.optimizer` (``optimizer_config`` / ``fp16``), :mod:`.checkpoint`
 (``checkpoint_config``), :mod:`.evaluation` (``evaluation``), :mod:`.logger` (``log_config``),
-:mod:`.timer` and :mod:`.checks`. Importing this package registers them all in ``HOOKS``.
+:mod:`.timer`, :mod:`.checks` and :mod:`.ema` (weight averages). Importing this package
+registers them all in ``HOOKS``.
 """
 
 from detlab.engine.hooks import (  # noqa: F401  (registration)
     checkpoint,
     checks,
+    ema,
     evaluation,
     logger,
     lr_updater,
@@ -18,6 +20,7 @@ from detlab.engine.hooks import (  # noqa: F401  (registration)
 )
 from detlab.engine.hooks.base import PRIORITIES, Hook, LogBuffer, is_module_wrapper, priority_value
 from detlab.engine.hooks.checkpoint import CheckpointHook
+from detlab.engine.hooks.ema import EMAHook, ExpMomentumEMAHook, LinearMomentumEMAHook
 from detlab.engine.hooks.evaluation import EvalHook
 from detlab.engine.hooks.logger import LoggerHook, TextLoggerHook
 from detlab.engine.hooks.lr_updater import LR_POLICIES, LrUpdaterHook, build_lr_hook
@@ -27,5 +30,6 @@ from detlab.engine.hooks.timer import IterTimerHook
 __all__ = [
     "PRIORITIES", "Hook", "LogBuffer", "is_module_wrapper", "priority_value", "CheckpointHook",
     "EvalHook", "LoggerHook", "TextLoggerHook", "LR_POLICIES", "LrUpdaterHook", "build_lr_hook",
-    "OptimizerHook", "build_optimizer_hook", "IterTimerHook",
+    "OptimizerHook", "build_optimizer_hook", "IterTimerHook", "EMAHook", "ExpMomentumEMAHook",
+    "LinearMomentumEMAHook",
 ]
