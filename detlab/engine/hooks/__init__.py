@@ -3,20 +3,23 @@
 One module per kind: :mod:`.base` (the ``Hook`` class, priorities), :mod:`.lr_updater`
 (``lr_config``), :mod:`.optimizer` (``optimizer_config`` / ``fp16``), :mod:`.checkpoint`
 (``checkpoint_config``), :mod:`.evaluation` (``evaluation``), :mod:`.logger` (``log_config``),
-:mod:`.timer`, :mod:`.checks` and :mod:`.ema` (weight averages). Importing this package
-registers them all in ``HOOKS``.
+:mod:`.timer`, :mod:`.checks`, :mod:`.ema` (weight averages), :mod:`.memory`, :mod:`.yolox` and
+:mod:`.epoch_info`. Importing this package registers them all in ``HOOKS``.
 """
 
 from detlab.engine.hooks import (  # noqa: F401  (registration)
     checkpoint,
     checks,
     ema,
+    epoch_info,
     evaluation,
     logger,
     lr_updater,
+    memory,
     momentum_updater,
     optimizer,
     timer,
+    yolox,
 )
 from detlab.engine.hooks.base import PRIORITIES, Hook, LogBuffer, is_module_wrapper, priority_value
 from detlab.engine.hooks.checkpoint import CheckpointHook
