@@ -12,6 +12,7 @@ import torch
 from conftest import tiny_config
 from torch import nn
 
+from detlab.checkpoint import read_checkpoint
 from detlab.config import ConfigError
 from detlab.engine.hooks import Hook, LogBuffer
 from detlab.engine.hooks.optimizer import (
@@ -514,3 +515,35 @@ def test_gradient_accumulation_trains_end_to_end(shapes_root, tmp_path, fp16, au
     rows = [r for r in read_json_log(run.json_log) if r["mode"] == "train"]
     assert len(rows) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
     assert ["grad_norm" in r for r in rows] == [False, True]  # clipped (and logged) at the step
+
+
+class InterruptBeforeEpoch(Hook):
+    """A Ctrl-C at the start of epoch ``epoch`` (counted from 1)."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def before_train_epoch(self, trainer):
+        if trainer.epoch + 1 == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_resumed_run_continues_a_group_across_the_checkpoint(shapes_root, tmp_path):
+    def cfg():  # 2 iterations an epoch: the group of iterations 1-3 spans the checkpoint
+        return tiny_config(shapes_root, epochs=2, optimizer_config=dict(
+            type="GradientCumulativeOptimizerHook", cumulative_iters=3))
+
+    whole = train(cfg(), work_dir=str(tmp_path / "whole"), seed=0, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg(), work_dir=str(tmp_path / "cut"), seed=0, progress=False,
+              hooks=[InterruptBeforeEpoch(2)])
+    saved = read_checkpoint(str(tmp_path / "cut" / "epoch_1.pth"))
+    grads = saved["hooks"]["GradientCumulativeOptimizerHook"]["grads"]
+    assert grads and all(torch.isfinite(g).all() for g in grads.values())
+    resumed = train(cfg(), work_dir=str(tmp_path / "cut"), seed=0, progress=False,
+                    resume_from=str(tmp_path / "cut" / "epoch_1.pth"))
+    expected = read_checkpoint(whole.checkpoint)["state_dict"]
+    got = read_checkpoint(resumed.checkpoint)["state_dict"]
+    assert got.keys() == expected.keys()
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0)
