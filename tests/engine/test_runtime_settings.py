@@ -96,7 +96,8 @@ def test_slurm_variables_become_torch_distributed_ones(monkeypatch):
                            SLURM_LOCALID="1").items():
         monkeypatch.setenv(key, value)
     for key in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK"):
-        monkeypatch.delenv(key, raising=False)
+        monkeypatch.setenv(key, "")  # recorded, so that the variables set below are undone
+        monkeypatch.delenv(key)
     monkeypatch.setattr(dist.subprocess, "getoutput", lambda command: "node1")
     dist._slurm_environment(29600)
     assert (os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"]) == ("node1", "29600")
