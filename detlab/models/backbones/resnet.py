@@ -116,6 +116,7 @@ class ResNet(nn.Module):
         self.depth, self.num_stages, self.style = depth, num_stages, style
         self.out_indices = tuple(out_indices)
         self.frozen_stages, self.norm_eval, self.with_cp = frozen_stages, norm_eval, with_cp
+        self.deep_stem = False  # MMDetection's flag for ResNetV1c/d's three-conv stem
         self.zero_init_residual, self.init_cfg = zero_init_residual, thaw(init_cfg)
         block, stage_blocks = ARCH_SETTINGS[depth]
         self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
@@ -177,6 +178,12 @@ class ResNet(nn.Module):
             if is_pretrained(self.init_cfg):
                 self._default_init()  # keys missing from the checkpoint keep a sane init
             initialize(self, self.init_cfg)
+
+    @property
+    def norm1(self) -> nn.Module:
+        """The stem's norm layer under MMDetection's attribute name (its parameters stay under
+        ``bn1``, as in MMDetection's checkpoints), for hooks written against MMDetection."""
+        return self.bn1
 
     def _freeze_stages(self) -> None:
         frozen_modules = [self.conv1, self.bn1] if self.frozen_stages >= 0 else []
