@@ -245,7 +245,7 @@ def test_yolox_mode_switch_needs_a_mix_dataset():
 
 
 def test_sync_random_size_draws_mmdetections_size_for_the_dataset():
-    with pytest.warns(DeprecationWarning, match="multiscale_mode='range'"):
+    with pytest.warns(FutureWarning, match="multiscale_mode='range'"):
         hook = SyncRandomSizeHook(ratio_range=(10, 20), img_scale=(640, 480), interval=2,
                                   device="cpu")
     trainer = fake_trainer(data_loader=mix_loader(), epoch=0)

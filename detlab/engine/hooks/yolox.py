@@ -136,7 +136,7 @@ class SyncRandomSizeHook(Hook):
                  device: str = "cuda") -> None:
         warnings.warn("SyncRandomSizeHook is deprecated (as in MMDetection 2.28): use a Resize "
                       "with img_scale=[(448, 448), (832, 832)], multiscale_mode='range', "
-                      "keep_ratio=True", DeprecationWarning, stacklevel=2)
+                      "keep_ratio=True", FutureWarning, stacklevel=2)
         self.ratio_range, self.img_scale = ratio_range, tuple(img_scale)
         self.interval, self.device = interval, device
 
