@@ -174,54 +174,39 @@ def layer1_weight(path):
     return read_checkpoint(str(path))["state_dict"]["backbone.layer1.0.conv1.weight"]
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError,
-                   reason="detlab's ResNet has no deep_stem, stem or norm1 (MMDetection's "
-                          "ResNet names for the stem; detlab's is conv1 + bn1)")
 def test_unfreeze_backbone_hook_runs_unchanged(shapes_root, tmp_path):
     cfg = tiny_config(shapes_root, epochs=2, custom_hooks=[
         dict(type="UnfreezeBackboneEpochBasedHook", unfreeze_epoch=1)],
         **{"model.backbone.frozen_stages": 1})
     train(cfg, work_dir=str(tmp_path), progress=False)
+    # layer1 was frozen in the first epoch and trained in the second
     assert not torch.equal(layer1_weight(tmp_path / "epoch_1.pth"),
                            layer1_weight(tmp_path / "epoch_2.pth"))
 
 
 @HOOKS.register_module()
-class MMDetResNetNames(Hook):
-    """Test-only: gives the built ResNet MMDetection's names for its stem (``deep_stem``,
-    ``norm1``) without touching its modules or state_dict, to run the hook above as written."""
-
-    priority = "HIGHEST"
-
-    def before_run(self, trainer):
-        backbone = trainer.model.backbone
-        object.__setattr__(backbone, "deep_stem", False)
-        object.__setattr__(backbone, "norm1", backbone.bn1)
-
-
-@HOOKS.register_module()
 class RecordFrozen(Hook):
-    """Records whether layer1 trains at the start of each epoch."""
+    """Records whether layer1 and the stem's norm train at the start of each epoch."""
 
     def __init__(self, name):
         self.name = name
 
     def before_train_epoch(self, runner):
-        EVENTS.append((self.name, runner.epoch,
-                       runner.model.backbone.layer1[0].conv1.weight.requires_grad))
+        backbone = runner.model.backbone
+        EVENTS.append((self.name, runner.epoch, backbone.layer1[0].conv1.weight.requires_grad,
+                       backbone.bn1.weight.requires_grad))
 
 
 def test_unfreeze_backbone_hook_unfreezes_at_its_epoch_and_priority(shapes_root, tmp_path,
                                                                       events):
-    hooks = [dict(type="MMDetResNetNames"),
-             dict(type="RecordFrozen", name="before", priority="VERY_HIGH"),
+    hooks = [dict(type="RecordFrozen", name="before", priority="VERY_HIGH"),
              dict(type="UnfreezeBackboneEpochBasedHook", unfreeze_epoch=1, priority="HIGH"),
              dict(type="RecordFrozen", name="after", priority="NORMAL")]
     cfg = tiny_config(shapes_root, epochs=2, custom_hooks=hooks,
                       **{"model.backbone.frozen_stages": 1})
     train(cfg, work_dir=str(tmp_path / "unfrozen"), progress=False)
-    assert events == [("before", 0, False), ("after", 0, False),
-                      ("before", 1, False), ("after", 1, True)]
+    assert events == [("before", 0, False, False), ("after", 0, False, False),
+                      ("before", 1, False, False), ("after", 1, True, True)]
     # layer1 trained in the second epoch only
     assert not torch.equal(layer1_weight(tmp_path / "unfrozen" / "epoch_1.pth"),
                            layer1_weight(tmp_path / "unfrozen" / "epoch_2.pth"))
