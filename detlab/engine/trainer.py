@@ -88,7 +88,8 @@ class Trainer:
     ``meta``, ``epoch`` (finished epochs), ``iter`` (finished iterations), ``inner_iter`` (index
     in the epoch), ``max_epochs``, ``max_iters``, ``mode`` ('train' / 'val'), ``outputs`` (``loss``,
     ``log_vars`` and ``num_samples`` of the last iteration), ``log_buffer``, ``val_outputs``
-    (metrics of the last evaluation), ``rank``, ``world_size``. ``autocast_dtype`` (set by the fp16
+    (metrics of the last evaluation) and ``evaluated_at`` (``iter`` then), ``rank``,
+    ``world_size``. ``autocast_dtype`` (set by the fp16
     optimizer hook) runs the forward under ``torch.autocast``.
     """
 
@@ -119,6 +120,7 @@ class Trainer:
         self.mode = "train"
         self.outputs: dict[str, Any] = {}
         self.val_outputs: dict[str, float] = {}
+        self.evaluated_at: int | None = None  # ``iter`` when val_outputs were computed
         self.log_buffer = LogBuffer()
         self.autocast_dtype: torch.dtype | None = None
 

@@ -145,10 +145,9 @@ def test_generic_moments_come_in_order_for_a_two_epoch_run(shapes_root, tmp_path
     iters = [(epoch, it) for _, moment, mode, epoch, it, _ in events
              if mode == "train" and moment == "before_iter"]
     assert iters == [(0, 0), (0, 1), (1, 2), (1, 3)]
-    # the evaluation after each epoch runs the validation epoch's moments too
-    validation = [(moment, epoch) for _, moment, mode, epoch, *_ in events if mode == "val"]
-    assert validation == [("before_epoch", 0), ("after_epoch", 0), ("before_epoch", 1),
-                          ("after_epoch", 1)]
+    # the evaluation after each epoch calls no moment of its own, as mmcv's EvalHook: a hook
+    # with generic before_epoch / after_epoch runs once an epoch
+    assert not [event for event in events if event[2] == "val"]
 
 
 def test_priorities_of_custom_hooks_are_respected(shapes_root, tmp_path, events):

@@ -99,16 +99,17 @@ class EvalHook(Hook):
 
     def run(self, trainer: Trainer, tag: str, counters: dict[str, int]) -> None:
         """Evaluate now; log the metrics (``trainer.val_outputs``) and keep the best."""
+        # as mmcv's EvalHook, no val moments are called: hooks with generic before_epoch /
+        # after_epoch would run twice an epoch; loggers see trainer.evaluated_at change instead
         trainer.mode = "val"
-        trainer.call_hook("before_val_epoch")
         with preserved_random_states():
             metrics = self.evaluate(trainer.model, self.dataloader, **self.eval_options)
         trainer.val_outputs = {k: v for k, v in metrics.items()
                                if isinstance(v, (int, float)) and not isinstance(v, bool)}
         trainer.logger.info("%s evaluation: %s", tag.replace("_", " "), ", ".join(
             f"{k}: {v:.4f}" for k, v in trainer.val_outputs.items()))
+        trainer.evaluated_at = trainer.iter
         self._keep_best(trainer, tag, counters)
-        trainer.call_hook("after_val_epoch")
         trainer.mode = "train"
 
     def _keep_best(self, trainer: Trainer, tag: str, counters: dict[str, int]) -> None:

@@ -117,6 +117,7 @@ class MonitorHook(Hook):
     def __init__(self, monitor: TrainingMonitor) -> None:
         self.monitor = monitor
         self._last = time.perf_counter()
+        self._seen_eval: int | None = None
 
     def before_run(self, trainer: Trainer) -> None:
         self.monitor.start_run(trainer.max_epochs, trainer.iters_per_epoch)
@@ -132,12 +133,19 @@ class MonitorHook(Hook):
         self.monitor.add_row("train", row, trainer.outputs.get("num_samples"))
         if (trainer.iter + 1) % self.monitor.interval == 0:
             self.monitor.update_view()
+        self._add_evaluation(trainer)
         self._last = time.perf_counter()  # drawing the view is not iteration time
 
-    def after_val_epoch(self, trainer: Trainer) -> None:
-        if trainer.val_outputs:
-            self.monitor.add_row("val", dict(epoch=trainer.epoch + 1, **trainer.val_outputs))
-            self.monitor.update_view()
+    def after_train_epoch(self, trainer: Trainer) -> None:
+        self._add_evaluation(trainer)
+
+    def _add_evaluation(self, trainer: Trainer) -> None:
+        """The metrics of an evaluation that ran since the last look."""
+        if trainer.evaluated_at is None or trainer.evaluated_at == self._seen_eval:
+            return
+        self._seen_eval = trainer.evaluated_at
+        self.monitor.add_row("val", dict(epoch=trainer.epoch + 1, **trainer.val_outputs))
+        self.monitor.update_view()
         self._last = time.perf_counter()  # validation time is not iteration time
 
     def after_run(self, trainer: Trainer) -> None:

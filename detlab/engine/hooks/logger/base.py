@@ -70,6 +70,7 @@ class LoggerHook(Hook):
                  by_epoch: bool = True) -> None:
         # reset_flag: mmcv's switch for clearing the shared buffer; rows are shared here
         self.interval, self.ignore_last, self.by_epoch = interval, ignore_last, by_epoch
+        self._logged_eval: int | None = None
 
     def log(self, trainer: Trainer, row: Mapping[str, Any]) -> None:
         raise NotImplementedError(f"{type(self).__name__} must define log(trainer, row)")
@@ -87,7 +88,14 @@ class LoggerHook(Hook):
     def after_train_iter(self, trainer: Trainer) -> None:
         if self._due(trainer):
             self.log(trainer, train_row(trainer))
+        self._log_evaluation(trainer)
 
-    def after_val_epoch(self, trainer: Trainer) -> None:
-        if trainer.val_outputs:
+    def after_train_epoch(self, trainer: Trainer) -> None:
+        self._log_evaluation(trainer)
+
+    def _log_evaluation(self, trainer: Trainer) -> None:
+        """The row of an evaluation that ran since this hook last looked (the evaluation hook
+        runs before the loggers at the same moment)."""
+        if trainer.evaluated_at is not None and trainer.evaluated_at != self._logged_eval:
+            self._logged_eval = trainer.evaluated_at
             self.log(trainer, val_row(trainer))

@@ -159,6 +159,7 @@ class MMDetWandbHook(WandbLoggerHook):
         self.wandb.config.update(Config.fromfile(path).to_dict())
 
     def after_train_epoch(self, trainer: Trainer) -> None:
+        super().after_train_epoch(trainer)
         if trainer.rank != 0 or not (self.by_epoch and self.log_checkpoint):
             return
         done, total = trainer.epoch + 1, trainer.max_epochs
