@@ -36,8 +36,7 @@ from detlab.config import (
     load_config,
 )
 from detlab.dist import broadcast_object, get_dist_info, init_dist, select_device, set_random_seed
-from detlab.engine.hooks import Hook, build_lr_hook, build_optimizer_hook
-from detlab.engine.hooks.momentum_updater import build_momentum_hook
+from detlab.engine.hooks import Hook, build_lr_hook, build_momentum_hook, build_optimizer_hook
 from detlab.engine.loaders import (
     build_test_loader,
     build_train_loader,

@@ -27,12 +27,20 @@ from detlab.engine.hooks.ema import EMAHook, ExpMomentumEMAHook, LinearMomentumE
 from detlab.engine.hooks.evaluation import EvalHook
 from detlab.engine.hooks.logger import LoggerHook, TextLoggerHook
 from detlab.engine.hooks.lr_updater import LR_POLICIES, LrUpdaterHook, build_lr_hook
-from detlab.engine.hooks.optimizer import OptimizerHook, build_optimizer_hook
+from detlab.engine.hooks.momentum_updater import MOMENTUM_POLICIES, build_momentum_hook
+from detlab.engine.hooks.optimizer import (
+    Fp16OptimizerHook,
+    GradientCumulativeFp16OptimizerHook,
+    GradientCumulativeOptimizerHook,
+    OptimizerHook,
+    build_optimizer_hook,
+)
 from detlab.engine.hooks.timer import IterTimerHook
 
 __all__ = [
     "PRIORITIES", "Hook", "LogBuffer", "is_module_wrapper", "priority_value", "CheckpointHook",
     "EvalHook", "LoggerHook", "TextLoggerHook", "LR_POLICIES", "LrUpdaterHook", "build_lr_hook",
     "OptimizerHook", "build_optimizer_hook", "IterTimerHook", "EMAHook", "ExpMomentumEMAHook",
-    "LinearMomentumEMAHook",
+    "LinearMomentumEMAHook", "MOMENTUM_POLICIES", "build_momentum_hook", "Fp16OptimizerHook",
+    "GradientCumulativeOptimizerHook", "GradientCumulativeFp16OptimizerHook",
 ]
