@@ -86,6 +86,17 @@ def _check_paramwise_cfg(paramwise_cfg: Mapping, base_lr: Any, base_wd: Any) -> 
                           f"optimizer.weight_decay")
 
 
+def _constructor_settings(optimizer_cfg: Mapping, paramwise_cfg: Mapping | None
+                          ) -> tuple[dict, dict, float | None, float | None]:
+    """What an optimizer constructor keeps: copies of both configs, the base lr and the base
+    weight decay (None where the optimizer has none)."""
+    if not isinstance(optimizer_cfg, Mapping):
+        raise ConfigError(f"optimizer must be dict(type=NAME, lr=..., ...), got {optimizer_cfg!r}")
+    optimizer_cfg = dict(optimizer_cfg)
+    return (optimizer_cfg, dict(paramwise_cfg or {}), optimizer_cfg.get("lr"),
+            optimizer_cfg.get("weight_decay"))
+
+
 @OPTIMIZER_BUILDERS.register_module()
 class DefaultOptimizerConstructor:
     """Builds an optimizer whose parameter groups follow ``paramwise_cfg`` (mmcv 1.x's rules, which
@@ -109,13 +120,8 @@ class DefaultOptimizerConstructor:
     """
 
     def __init__(self, optimizer_cfg: Mapping, paramwise_cfg: Mapping | None = None) -> None:
-        if not isinstance(optimizer_cfg, Mapping):
-            raise ConfigError(f"optimizer must be dict(type=NAME, lr=..., ...), got "
-                              f"{optimizer_cfg!r}")
-        self.optimizer_cfg = dict(optimizer_cfg)
-        self.paramwise_cfg = dict(paramwise_cfg or {})
-        self.base_lr = self.optimizer_cfg.get("lr")
-        self.base_wd = self.optimizer_cfg.get("weight_decay")
+        (self.optimizer_cfg, self.paramwise_cfg, self.base_lr,
+         self.base_wd) = _constructor_settings(optimizer_cfg, paramwise_cfg)
         _check_paramwise_cfg(self.paramwise_cfg, self.base_lr, self.base_wd)
 
     def __call__(self, model: nn.Module) -> torch.optim.Optimizer:
@@ -291,13 +297,8 @@ class LearningRateDecayOptimizerConstructor:
     """
 
     def __init__(self, optimizer_cfg: Mapping, paramwise_cfg: Mapping | None = None) -> None:
-        if not isinstance(optimizer_cfg, Mapping):
-            raise ConfigError(f"optimizer must be dict(type=NAME, lr=..., ...), got "
-                              f"{optimizer_cfg!r}")
-        self.optimizer_cfg = dict(optimizer_cfg)
-        self.paramwise_cfg = dict(paramwise_cfg or {})
-        self.base_lr = self.optimizer_cfg.get("lr")
-        self.base_wd = self.optimizer_cfg.get("weight_decay")
+        (self.optimizer_cfg, self.paramwise_cfg, self.base_lr,
+         self.base_wd) = _constructor_settings(optimizer_cfg, paramwise_cfg)
         _check_layer_decay_cfg(self.paramwise_cfg, self.base_lr)
         self.num_layers = int(self.paramwise_cfg["num_layers"])
         self.decay_rate = float(self.paramwise_cfg["decay_rate"])
