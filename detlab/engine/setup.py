@@ -303,7 +303,7 @@ def setup_training(cfg: Config, *, device: str | None = None, validate: bool = T
     check_data_keys(cfg.data)
     check_section_keys(cfg)
     distributed = init_dist(launcher, cfg.get("dist_params"))
-    device = select_device(device or cfg.get("device"), gpu_ids)
+    device = select_device(device or cfg.get("device"), gpu_ids or cfg.get("gpu_ids"))
     seed = _seed(cfg, seed, _resume_meta(cfg.get("resume_from")))
     set_random_seed(seed, deterministic)
     logger, json_log, json_path, text_log = _start_logs(cfg, seed)

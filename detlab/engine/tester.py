@@ -206,7 +206,7 @@ def test(cfg: str | Config | Mapping, checkpoint: str | None, eval: Sequence[str
     """
     cfg = load_config(cfg, cfg_options)
     init_dist(launcher, cfg.get("dist_params"))
-    device = select_device(device or cfg.get("device"), gpu_ids)
+    device = select_device(device or cfg.get("device"), gpu_ids or cfg.get("gpu_ids"))
     model, dataset, loader = build_test_objects(cfg, checkpoint, device, split, allow_partial)
     options = _metric_options(eval, classwise, eval_options, format_only)
     if options is not None:
