@@ -21,6 +21,7 @@ from detlab.data.datasets import (
 )
 from detlab.data.loader import build_dataloader, collate
 from detlab.data.samplers import (
+    ClassAwareSampler,
     DistributedGroupSampler,
     GroupSampler,
     SampleKey,
@@ -33,5 +34,5 @@ __all__ = [
     "VOCDataset", "XMLDataset", "YOLODataset", "ConcatDataset", "RepeatDataset",
     "ClassBalancedDataset", "MultiImageMixDataset", "make_shapes_dataset", "check_dataset",
     "format_report", "voc2coco", "yolo2coco", "coco2yolo", "cityscapes2coco", "GroupSampler",
-    "DistributedGroupSampler", "SampleKey", "SeededDataset",
+    "DistributedGroupSampler", "ClassAwareSampler", "SampleKey", "SeededDataset",
 ]

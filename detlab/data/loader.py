@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 import signal
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -17,8 +17,10 @@ import torch
 import torch.distributed as torch_dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from detlab.config import ConfigError, did_you_mean
 from detlab.data.masks import masks_to_bool_tensor
 from detlab.data.samplers import (  # noqa: F401  (re-exported)
+    ClassAwareSampler,
     DistributedGroupSampler,
     GroupSampler,
     SampleKey,
@@ -177,9 +179,42 @@ def _shared_seed(dist: bool, world_size: int) -> int:
     return seed[0]
 
 
+CLASS_AWARE_KEYS = ("num_sample_class",)
+_CLASS_AWARE_PATH = "data.train_dataloader.class_aware_sampler"
+
+
+def class_aware_setting(class_aware_sampler: Mapping[str, Any] | None, shuffle: bool
+                        ) -> int | None:
+    """``num_sample_class`` of a ``class_aware_sampler`` dict (default 1), None without one;
+    a ConfigError for an unknown key, a bad value, or a loader that does not train."""
+    if class_aware_sampler is None:
+        return None
+    if not isinstance(class_aware_sampler, Mapping):
+        raise ConfigError(f"{_CLASS_AWARE_PATH} must be a dict such as "
+                          f"dict(num_sample_class=1), got {class_aware_sampler!r}")
+    for key in class_aware_sampler:
+        if key not in CLASS_AWARE_KEYS:
+            raise ConfigError(f"{_CLASS_AWARE_PATH}.{key} is not a class-aware sampling "
+                              f"setting.{did_you_mean(str(key), CLASS_AWARE_KEYS)} It takes: "
+                              f"{', '.join(CLASS_AWARE_KEYS)}.")
+    if not shuffle:
+        raise ConfigError("class_aware_sampler orders training data (shuffle=True); set it in "
+                          "data.train_dataloader only, not for a test or validation loader")
+    count = class_aware_sampler.get("num_sample_class", 1)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ConfigError(f"{_CLASS_AWARE_PATH}.num_sample_class must be an int >= 1 (images "
+                          f"drawn from a class at each visit), got {count!r}")
+    return count
+
+
 def _sampler(dataset: Dataset, batch_size: int, dist: bool, shuffle: bool, seed: int | None,
-             drop_last: bool, with_epoch: bool, rank: int, world_size: int) -> Sampler | None:
+             drop_last: bool, with_epoch: bool, rank: int, world_size: int,
+             num_sample_class: int | None = None) -> Sampler | None:
     """The sampler of :func:`build_dataloader` (None: the dataset's order)."""
+    if num_sample_class is not None:
+        replicas, this_rank = (world_size, rank) if dist else (1, 0)
+        return ClassAwareSampler(dataset, batch_size, replicas, this_rank, seed,
+                                 num_sample_class, with_epoch)
     if shuffle and dist:
         return DistributedGroupSampler(dataset, batch_size, world_size, rank, seed, with_epoch)
     if shuffle:
@@ -194,6 +229,7 @@ def build_dataloader(dataset: Dataset, samples_per_gpu: int, workers_per_gpu: in
                      num_gpus: int = 1, dist: bool = False, shuffle: bool = True,
                      seed: int | None = None, drop_last: bool = False, pin_memory: bool = False,
                      persistent_workers: bool = False, per_sample_seed: bool | None = None,
+                     class_aware_sampler: Mapping[str, Any] | None = None,
                      **kwargs: Any) -> DataLoader:
     """A DataLoader of ``dataset`` that yields :class:`Batch` (see :func:`collate`).
 
@@ -204,6 +240,11 @@ def build_dataloader(dataset: Dataset, samples_per_gpu: int, workers_per_gpu: in
     index (:class:`SeededDataset`), whatever the number of workers. The engine sets the epoch
     with ``loader.sampler.set_epoch(epoch)``, or resumes mid-epoch with
     ``loader.sampler.set_position(epoch, start_batch)``.
+
+    With ``class_aware_sampler=dict(num_sample_class=k)`` (``data.train_dataloader`` of
+    MMDetection's OpenImages configs) training draws images class by class instead
+    (:class:`ClassAwareSampler`, ``k`` images a class visit, in one process or ``N``); the
+    dataset needs ``get_cat2imgs()``, as every dataset of :class:`CustomDataset`'s family has.
 
     Args:
         samples_per_gpu, workers_per_gpu: batch size and loader processes per GPU (process).
@@ -217,12 +258,15 @@ def build_dataloader(dataset: Dataset, samples_per_gpu: int, workers_per_gpu: in
         drop_last, pin_memory, persistent_workers, kwargs: DataLoader's.
         per_sample_seed: seed each sample (default: when training); False seeds each worker
             from the loader's generator instead, as MMDetection (:func:`worker_init_fn`).
+        class_aware_sampler: ``dict(num_sample_class=k)`` for class-aware sampling
+            (training only); None for the aspect-ratio groups.
 
     ``loader.dataset`` is ``dataset``, or its :class:`SeededDataset` wrapper, which forwards
     ``CLASSES``, ``flag``, ``evaluate`` and the rest to it. ``len(loader)`` is the number of
     batches an epoch of this process.
     """
     per_sample_seed = shuffle if per_sample_seed is None else per_sample_seed
+    num_sample_class = class_aware_setting(class_aware_sampler, shuffle)
     if per_sample_seed and not shuffle:
         raise ValueError("per_sample_seed needs shuffle=True (a training loader); leave it "
                          "unset for a test loader")
@@ -234,7 +278,7 @@ def build_dataloader(dataset: Dataset, samples_per_gpu: int, workers_per_gpu: in
     else:
         batch_size, num_workers = num_gpus * samples_per_gpu, num_gpus * workers_per_gpu
     sampler = _sampler(dataset, batch_size, dist, shuffle, seed, drop_last, per_sample_seed,
-                       rank, world_size)
+                       rank, world_size, num_sample_class)
     if per_sample_seed:
         dataset = SeededDataset(dataset, seed)
     # the loader's own generator: drawing the workers' base seed leaves torch's global one alone

@@ -5,8 +5,10 @@ augmentations are a function of (seed, epoch, index).
 ``GroupSampler`` feeds one process; ``DistributedGroupSampler`` gives each of ``N`` processes
 its slice of the batches ``GroupSampler`` would give one process at the global batch size, so a
 run on ``N`` processes sees, step by step, the same images as a run on one.
+``ClassAwareSampler`` draws images class by class (MMDetection's class-aware sampling, as the
+OpenImages configs train), for one process or for ``N`` alike.
 
-Both can yield :class:`SampleKey` ``(index, epoch)`` instead of plain indices
+All of them can yield :class:`SampleKey` ``(index, epoch)`` instead of plain indices
 (``with_epoch=True``): :class:`SeededDataset` reads the epoch from the key to seed each
 sample's augmentations.
 """
@@ -209,6 +211,140 @@ class DistributedGroupSampler(_EpochSampler):
     def __repr__(self) -> str:
         return (f"DistributedGroupSampler(rank {self.rank} of {self.num_replicas}, "
                 f"{self.samples_per_gpu} per process, seed {self.seed})")
+
+
+# --------------------------------------------------------------------------------------------
+# class-aware sampling
+# --------------------------------------------------------------------------------------------
+
+
+def class_cycle(rng: np.random.Generator, images: np.ndarray, count: int) -> np.ndarray:
+    """The first ``count`` of an endless cycle through ``images``, each round of which is a
+    new shuffle of all of them: ``(count,)`` int64."""
+    rounds = -(-count // len(images))
+    shuffles = rng.permuted(np.tile(images, (rounds, 1)), axis=1)  # (rounds, len(images))
+    return shuffles.reshape(-1)[:count].astype(np.int64)
+
+
+def class_aware_order(class_images: list[np.ndarray], total: int, num_sample_class: int,
+                      seed: int, epoch: int) -> np.ndarray:
+    """The ``(total,)`` int64 indices of one epoch of class-aware sampling.
+
+    ``class_images[k]`` holds the (non-empty) dataset indices of the images of class ``k``.
+    Classes are visited in rounds, each round a new shuffle of all ``K`` classes; a visit to
+    class ``k`` takes the next ``num_sample_class`` images of ``k``'s own cycle
+    (:func:`class_cycle`, reshuffled each time it is used up). The first ``total`` indices of
+    ``ceil(total / (K * num_sample_class))`` rounds make the epoch, so with
+    ``num_sample_class=1`` each class appears ``floor`` or ``ceil`` of ``total / K`` times.
+    A function of ``(class_images, total, num_sample_class, seed, epoch)`` only.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    num_classes = len(class_images)
+    rounds = -(-total // (num_classes * num_sample_class))
+    visits = rng.permuted(np.tile(np.arange(num_classes), (rounds, 1)), axis=1)  # (rounds, K)
+    slots = np.repeat(visits.reshape(-1), num_sample_class)[:total]  # (total,) class of each
+    draws = np.bincount(slots, minlength=num_classes)  # (K,) images taken from each class
+    picks = [class_cycle(rng, images, int(n))
+             for images, n in zip(class_images, draws, strict=True)]
+    order = np.empty(total, dtype=np.int64)
+    # the slots of class 0 in epoch order, then those of class 1, ...: each gets its picks
+    order[np.argsort(slots, kind="stable")] = np.concatenate([np.zeros(0, np.int64), *picks])
+    return order
+
+
+def class_images_of(dataset: Dataset) -> tuple[list[int], list[np.ndarray]]:
+    """The labels that have images and, for each, its ``(n_k,)`` int64 image indices, from
+    ``dataset.get_cat2imgs()`` (``{label: [indices]}``)."""
+    if not callable(getattr(dataset, "get_cat2imgs", None)):
+        raise TypeError(
+            f"class-aware sampling needs dataset.get_cat2imgs() ({{label: [indices of the "
+            f"images with that label]}}), and {type(dataset).__name__} has none; train on a "
+            "dataset of CustomDataset's family (CocoDataset, VOCDataset, ...) without a "
+            "wrapper, give the dataset a get_cat2imgs method, or drop "
+            "data.train_dataloader.class_aware_sampler")
+    cat2imgs = dataset.get_cat2imgs()
+    labels, images = [], []
+    for label in sorted(cat2imgs):
+        members = np.asarray(cat2imgs[label], dtype=np.int64).reshape(-1)
+        outside = members[(members < 0) | (members >= len(dataset))]
+        if len(outside):
+            raise ValueError(f"{type(dataset).__name__}.get_cat2imgs() gives class {label} the "
+                             f"images {outside[:5].tolist()}, outside the {len(dataset)} "
+                             "images of the dataset")
+        if len(members):
+            labels.append(int(label))
+            images.append(members)
+    if len(dataset) and not labels:
+        raise ValueError(f"class-aware sampling found no class with an image in "
+                         f"{type(dataset).__name__} (get_cat2imgs() is empty); check the "
+                         "dataset's annotations and classes")
+    return labels, images
+
+
+class ClassAwareSampler(_EpochSampler):
+    """Images drawn class by class, so that rare classes are seen as often as common ones
+    (MMDetection's ``ClassAwareSampler``, which its OpenImages configs train with through
+    ``data.train_dataloader.class_aware_sampler``).
+
+    In each epoch the classes that have images are visited in rounds, each round a new
+    shuffle of the classes, and each visit takes the next ``num_sample_class`` images of the
+    class's own shuffled cycle of images (:func:`class_aware_order`). With ``N`` processes
+    of ``b = samples_per_gpu``, an epoch has MMDetection's length:
+    ``ceil(len(dataset) / (N * b)) * b`` indices per process, ``N`` times that in all.
+
+    The split over processes is ``DistributedGroupSampler``'s, not MMDetection's (which
+    hands each process a contiguous block of the epoch): each global batch of ``N * b``
+    indices is cut into ``N`` slices of ``b``, process ``rank`` taking the slice ``rank``.
+    So ``N`` processes together see at each step the batch one process sees at
+    ``samples_per_gpu = N * b``. The order is a function of ``seed`` and the epoch only
+    (MMDetection's of ``seed + epoch``), the same on every process.
+
+    Args:
+        dataset: a dataset with ``get_cat2imgs()`` (``{label: [image indices]}``) and
+            ``__len__``; classes without an image are skipped.
+        samples_per_gpu: ``b``, the batch of one process.
+        num_replicas, rank: ``N`` and this process's rank (default: the process group's).
+        seed: the same on every process; without one, drawn from NumPy's global generator.
+        num_sample_class: images taken from a class at each visit (an int >= 1).
+        with_epoch: yield :class:`SampleKey` ``(index, epoch)`` instead of ``index``.
+    """
+
+    def __init__(self, dataset: Dataset, samples_per_gpu: int = 1,
+                 num_replicas: int | None = None, rank: int | None = None,
+                 seed: int | None = None, num_sample_class: int = 1,
+                 with_epoch: bool = False) -> None:
+        super().__init__(samples_per_gpu, seed, with_epoch)
+        if isinstance(num_sample_class, bool) or not isinstance(num_sample_class, int) \
+                or num_sample_class < 1:
+            raise ValueError(f"num_sample_class must be an int >= 1, got {num_sample_class!r}")
+        group_rank, group_size = get_dist_info()
+        self.num_replicas = group_size if num_replicas is None else num_replicas
+        self.rank = group_rank if rank is None else rank
+        if not 0 <= self.rank < self.num_replicas:
+            raise ValueError(f"rank {self.rank} is outside 0..{self.num_replicas - 1} "
+                             f"(num_replicas={self.num_replicas})")
+        self.samples_per_gpu = samples_per_gpu
+        self.num_sample_class = num_sample_class
+        self.labels, self.class_images = class_images_of(dataset)
+        self.global_batch = self.num_replicas * samples_per_gpu
+        self.num_samples = -(-len(dataset) // self.global_batch) * samples_per_gpu
+        self.total_size = self.num_samples * self.num_replicas
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if not self.total_size:
+            return np.zeros(0, dtype=np.int64)
+        order = class_aware_order(self.class_images, self.total_size, self.num_sample_class,
+                                  self.seed, epoch)
+        shares = order.reshape(-1, self.num_replicas, self.samples_per_gpu)  # (steps, N, b)
+        return shares[:, self.rank].reshape(-1)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __repr__(self) -> str:
+        return (f"ClassAwareSampler({len(self.labels)} classes, {self.num_sample_class} per "
+                f"visit, rank {self.rank} of {self.num_replicas}, {self.samples_per_gpu} per "
+                f"process, seed {self.seed})")
 
 
 

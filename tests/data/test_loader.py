@@ -8,15 +8,20 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
+import detlab
+from detlab.config import ConfigError
 from detlab.data import (
+    ClassAwareSampler,
     CocoDataset,
     DistributedGroupSampler,
     GroupSampler,
+    RepeatDataset,
     SeededDataset,
     build_dataloader,
     collate,
     make_shapes_dataset,
 )
+from detlab.engine.hooks import Hook
 from detlab.structures import Batch
 
 NORM = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True)
@@ -265,3 +270,75 @@ def test_distributed_loaders(train_set):
     assert loader.sampler.with_epoch and len(loader) == 4  # one process here
     test = build_dataloader(train_set, 2, 0, dist=True, shuffle=False)
     assert isinstance(test.sampler, DistributedSampler) and not test.sampler.shuffle
+
+
+# --------------------------------------------------------------------------------------------
+# class-aware sampling (MMDetection's OpenImages configs)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dist", [False, True])
+def test_class_aware_loader_draws_class_by_class(train_set, dist):
+    loader = build_dataloader(train_set, 3, 0, dist=dist, seed=4,
+                              class_aware_sampler=dict(num_sample_class=1))
+    sampler = loader.sampler
+    assert isinstance(sampler, ClassAwareSampler) and sampler.with_epoch
+    assert (sampler.num_sample_class, sampler.num_replicas, sampler.seed) == (1, 1, 4)
+    assert len(loader) == 3 and len(sampler) == 9  # 8 images -> 3 full batches of 3
+    labels_of = {info["id"]: set(train_set.get_ann_info(i)["labels"].tolist())
+                 for i, info in enumerate(train_set.data_infos)}
+    sampler.set_epoch(1)
+    keys = list(sampler)
+    sampler.set_epoch(1)
+    batches = list(loader)
+    assert all(isinstance(b, Batch) and len(b.metas) == 3 for b in batches)
+    ids = [m["img_id"] for b in batches for m in b.metas]
+    assert ids == [train_set.data_infos[k.index]["id"] for k in keys]
+    # with 3 classes, each round of 3 draws visits every class once
+    for start in range(0, 9, 3):
+        rounds = [labels_of[i] for i in ids[start:start + 3]]
+        assert len(set.union(*rounds)) == 3
+    sampler.set_epoch(1)
+    assert [m["img_id"] for b in loader for m in b.metas] == ids  # a function of (seed, epoch)
+
+
+def test_class_aware_loader_settings_are_checked(train_set):
+    with pytest.raises(ConfigError, match=r"data\.train_dataloader\.class_aware_sampler\."
+                                          r"num_sample_clas is not.*Did you mean "
+                                          r"'num_sample_class'"):
+        build_dataloader(train_set, 2, 0, seed=0, class_aware_sampler=dict(num_sample_clas=1))
+    with pytest.raises(ConfigError, match=r"class_aware_sampler\.num_sample_class must be an "
+                                          r"int >= 1.*got 0"):
+        build_dataloader(train_set, 2, 0, seed=0, class_aware_sampler=dict(num_sample_class=0))
+    with pytest.raises(ConfigError, match="must be a dict"):
+        build_dataloader(train_set, 2, 0, seed=0, class_aware_sampler=1)
+    with pytest.raises(ConfigError, match="data.train_dataloader only"):
+        build_dataloader(train_set, 2, 0, shuffle=False, class_aware_sampler={})
+    with pytest.raises(TypeError, match=r"RepeatDataset has none"):
+        build_dataloader(RepeatDataset(train_set, 2), 2, 0, seed=0, class_aware_sampler={})
+    loader = build_dataloader(train_set, 2, 0, seed=0, class_aware_sampler={})
+    assert loader.sampler.num_sample_class == 1  # MMDetection's default
+
+
+def test_training_with_class_aware_sampling(shapes_root, make_config, tmp_path):
+    class SeeSampler(Hook):
+        def __init__(self):
+            self.seen = []
+
+        def before_train_epoch(self, trainer):
+            self.seen.append(trainer.data_loader.sampler)
+
+    see = SeeSampler()
+
+    cfg = make_config(shapes_root, epochs=1, **{
+        "data.train_dataloader": dict(class_aware_sampler=dict(num_sample_class=1))})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run = detlab.train(cfg, work_dir=str(tmp_path / "cas"), progress=False, seed=0,
+                           hooks=[see])
+    finally:
+        torch.set_num_threads(threads)
+    assert run.status == "finished"
+    assert len(see.seen) == 1 and isinstance(see.seen[0], ClassAwareSampler)
+    assert (tmp_path / "cas" / "epoch_1.pth").exists()

@@ -1,5 +1,8 @@
-"""Samplers (groups, epochs, positions, the distributed split) and per-sample seeding."""
+"""Samplers (groups, class-aware sampling, epochs, positions, the distributed split) and
+per-sample seeding."""
 
+import json
+import math
 import pickle
 import random
 
@@ -8,7 +11,9 @@ import pytest
 import torch
 
 from detlab.data import (
+    ClassAwareSampler,
     CocoDataset,
+    CustomDataset,
     DistributedGroupSampler,
     GroupSampler,
     MultiImageMixDataset,
@@ -28,6 +33,26 @@ class Flagged:
 
 
 TWO_GROUPS = Flagged([0, 1, 0, 1, 1, 0, 0, 1, 0, 0, 1, 0])  # 7 wide + 5 tall images
+
+
+class Labelled:
+    """A dataset whose image ``i`` holds the classes ``labels[i]``; ``get_cat2imgs`` worked
+    out here by brute force."""
+
+    def __init__(self, labels, num_classes):
+        self.labels, self.num_classes = [list(lab) for lab in labels], num_classes
+
+    def __len__(self):
+        return len(self.labels)
+
+    def get_cat2imgs(self):
+        return {c: [i for i, lab in enumerate(self.labels) if c in lab]
+                for c in range(self.num_classes)}
+
+
+# one class an image, 30 / 6 / 1 / 0 images of classes 0 / 1 / 2 / 3
+SKEWED = Labelled([[0]] * 30 + [[1]] * 6 + [[2]], num_classes=4)
+SKEWED_CLASS = np.array([lab[0] for lab in SKEWED.labels])  # (37,) the class of each image
 
 
 class Draws:
@@ -124,11 +149,15 @@ def test_sampler_keys_carry_the_epoch():
 def _samplers(with_epoch):
     return [GroupSampler(TWO_GROUPS, 2, seed=7, with_epoch=with_epoch),
             DistributedGroupSampler(TWO_GROUPS, 2, num_replicas=2, rank=1, seed=7,
-                                    with_epoch=with_epoch)]
+                                    with_epoch=with_epoch),
+            ClassAwareSampler(SKEWED, 2, num_replicas=1, rank=0, seed=7, with_epoch=with_epoch),
+            ClassAwareSampler(SKEWED, 2, num_replicas=3, rank=2, seed=7, num_sample_class=2,
+                              with_epoch=with_epoch)]
 
 
 @pytest.mark.parametrize("with_epoch", [False, True])
-@pytest.mark.parametrize("which", [0, 1], ids=["single", "distributed"])
+@pytest.mark.parametrize("which", [0, 1, 2, 3], ids=["single", "distributed", "class-aware",
+                                                     "class-aware-distributed"])
 @pytest.mark.parametrize("start_batch", [0, 1, 3])
 def test_a_pass_after_set_position_is_the_tail_of_the_epoch(with_epoch, which, start_batch):
     sampler = _samplers(with_epoch)[which]
@@ -194,6 +223,142 @@ def test_distributed_sampler_defaults_to_the_process_group():
     sampler = DistributedGroupSampler(TWO_GROUPS, 2, seed=0)  # no process group: (0, 1)
     assert (sampler.rank, sampler.num_replicas) == (0, 1)
     assert list(sampler) == list(GroupSampler(TWO_GROUPS, 2, seed=0))
+
+
+# --------------------------------------------------------------------------------------------
+# ClassAwareSampler
+# --------------------------------------------------------------------------------------------
+
+
+def _epoch(sampler, epoch):
+    sampler.set_epoch(epoch)
+    return np.array(list(sampler), dtype=np.int64)
+
+
+@pytest.mark.parametrize("per_gpu", [1, 2, 4, 5])
+@pytest.mark.parametrize("epoch", [0, 3])
+def test_class_aware_sampling_balances_the_classes(per_gpu, epoch):
+    sampler = ClassAwareSampler(SKEWED, per_gpu, num_replicas=1, rank=0, seed=5)
+    order = _epoch(sampler, epoch)
+    assert len(order) == len(sampler) == math.ceil(37 / per_gpu) * per_gpu  # MMDetection's
+    counts = np.bincount(SKEWED_CLASS[order], minlength=4)
+    assert counts[3] == 0  # a class without images is skipped
+    assert counts[:3].max() - counts[:3].min() <= 1, counts
+    for c in range(3):  # each class is drawn from a shuffled cycle of its images
+        images = np.flatnonzero(SKEWED_CLASS == c)
+        drawn = order[SKEWED_CLASS[order] == c]
+        laps = len(drawn) // len(images)
+        rounds = drawn[:laps * len(images)].reshape(laps, len(images))
+        assert (np.sort(rounds, axis=1) == images).all()
+        assert len(set(drawn[laps * len(images):].tolist())) == len(drawn) - laps * len(images)
+
+
+def test_class_aware_sampling_visits_classes_in_shuffled_rounds():
+    sampler = ClassAwareSampler(SKEWED, 1, num_replicas=1, rank=0, seed=2, num_sample_class=3)
+    classes = SKEWED_CLASS[_epoch(sampler, 0)]  # 37: 4 rounds of 3 visits of 3, then 1
+    visits = classes[:36].reshape(4, 3, 3)  # (round, visit, image)
+    assert (visits == visits[:, :, :1]).all()  # a visit takes 3 images of one class
+    assert (np.sort(visits[:, :, 0], axis=1) == [0, 1, 2]).all()  # a round visits every class
+    assert len({tuple(r) for r in visits[:, :, 0].tolist()}) > 1  # in a new order each round
+    counts = np.bincount(classes, minlength=3)
+    assert counts.max() - counts.min() <= 3
+
+
+def test_class_aware_order_is_a_function_of_seed_and_epoch():
+    def order(seed, epoch):
+        return _epoch(ClassAwareSampler(SKEWED, 2, num_replicas=1, rank=0, seed=seed), epoch)
+
+    assert np.array_equal(order(3, 1), order(3, 1))
+    assert not np.array_equal(order(3, 1), order(3, 2))
+    assert not np.array_equal(order(3, 1), order(4, 1))
+    assert not np.array_equal(order(3, 1), order(4, 0))  # not of seed + epoch (MMDetection's)
+    sampler = ClassAwareSampler(SKEWED, 2, num_replicas=1, rank=0, seed=3, with_epoch=True)
+    first, second = list(sampler), list(sampler)  # passes run through the epochs
+    assert [k.index for k in first] == order(3, 0).tolist()
+    assert [k.index for k in second] == order(3, 1).tolist()
+    assert {k.epoch for k in first} == {0} and {k.epoch for k in second} == {1}
+    np.random.seed(9)
+    drawn = ClassAwareSampler(SKEWED, 2, num_replicas=1, rank=0).seed
+    np.random.seed(9)
+    assert ClassAwareSampler(SKEWED, 2, num_replicas=1, rank=0).seed == drawn
+
+
+@pytest.mark.parametrize("num_sample_class", [1, 2])
+@pytest.mark.parametrize("num_replicas,per_gpu", [(2, 2), (2, 3), (3, 1), (4, 5)])
+def test_class_aware_processes_together_see_the_batches_of_one_process(
+        num_replicas, per_gpu, num_sample_class):
+    global_batch = num_replicas * per_gpu
+    single = ClassAwareSampler(SKEWED, global_batch, num_replicas=1, rank=0, seed=11,
+                               num_sample_class=num_sample_class)
+    ranks = [ClassAwareSampler(SKEWED, per_gpu, num_replicas, rank, seed=11,
+                               num_sample_class=num_sample_class)
+             for rank in range(num_replicas)]
+    per_process = math.ceil(37 / num_replicas / per_gpu) * per_gpu  # MMDetection's num_samples
+    assert {len(s) for s in ranks} == {per_process}
+    assert sum(len(s) for s in ranks) == len(single) == ranks[0].total_size
+    assert {s.batches_per_epoch for s in ranks} == {single.batches_per_epoch}
+    for epoch in (0, 1, 5):
+        one = _epoch(single, epoch).reshape(-1, global_batch)  # (steps, B)
+        shares = [_epoch(s, epoch).reshape(-1, per_gpu) for s in ranks]  # N x (steps, b)
+        assert np.array_equal(np.concatenate(shares, axis=1), one)
+
+
+class _OutOfRange(Labelled):
+    def get_cat2imgs(self):
+        return {0: [5], 1: [1]}
+
+
+def test_class_aware_sampler_errors_say_what_is_wrong():
+    with pytest.raises(TypeError, match=r"Flagged has none.*get_cat2imgs"):
+        ClassAwareSampler(TWO_GROUPS, 2, seed=0)
+    with pytest.raises(ValueError, match="num_sample_class must be an int >= 1, got 0"):
+        ClassAwareSampler(SKEWED, 2, seed=0, num_sample_class=0)
+    with pytest.raises(ValueError, match="rank 2 is outside 0..1"):
+        ClassAwareSampler(SKEWED, 2, num_replicas=2, rank=2, seed=0)
+    with pytest.raises(ValueError, match="no class with an image"):
+        ClassAwareSampler(Labelled([[], []], num_classes=2), 1, seed=0)
+    with pytest.raises(ValueError, match=r"class 0 the images \[5\], outside the 2 images"):
+        ClassAwareSampler(_OutOfRange([[0], [1]], num_classes=2), 1, seed=0)
+
+
+def test_class_aware_sampler_defaults_to_the_process_group():
+    sampler = ClassAwareSampler(SKEWED, 2, seed=0)  # no process group: (0, 1)
+    assert (sampler.rank, sampler.num_replicas) == (0, 1)
+    assert sampler.labels == [0, 1, 2]
+
+
+# get_cat2imgs of the dataset base
+
+
+def test_get_cat2imgs_groups_the_images_of_each_label(shapes_root):
+    dataset = _coco(shapes_root, LOAD)
+    cat2imgs = dataset.get_cat2imgs()
+    assert list(cat2imgs) == [0, 1, 2]  # labels, not the file's category ids 1..3
+    for label, images in cat2imgs.items():
+        assert images == [i for i in range(len(dataset))
+                          if label in dataset.get_ann_info(i)["labels"]]
+    assert set().union(*cat2imgs.values()) == set(range(len(dataset)))
+    picked = CocoDataset(f"{shapes_root}/annotations/instances_train.json", LOAD,
+                         img_prefix=f"{shapes_root}/train/", classes=("triangle", "circle"))
+    def image_ids(ds, images):
+        return [ds.data_infos[i]["id"] for i in images]
+
+    # label 0 is the triangle now (images with squares only are left out of the training set)
+    assert image_ids(picked, picked.get_cat2imgs()[0]) == image_ids(dataset, cat2imgs[2])
+
+
+def test_get_cat2imgs_counts_boxes_not_ignored_ones(tmp_path):
+    infos = [dict(filename="a.jpg", width=64, height=64,
+                  ann=dict(bboxes=[[1, 1, 9, 9]], labels=[1], bboxes_ignore=[[2, 2, 8, 8]],
+                           labels_ignore=[0])),
+             dict(filename="b.jpg", width=64, height=64,
+                  ann=dict(bboxes=[[1, 1, 9, 9], [3, 3, 9, 9]], labels=[1, 1])),
+             dict(filename="c.jpg", width=64, height=64,
+                  ann=dict(bboxes=[[1, 1, 9, 9]], labels=[0]))]
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps(dict(classes=["cat", "dog", "eel"], data_infos=infos)))
+    dataset = CustomDataset(str(path), [], test_mode=True)
+    assert dataset.get_cat2imgs() == {0: [2], 1: [0, 1], 2: []}
 
 
 # --------------------------------------------------------------------------------------------

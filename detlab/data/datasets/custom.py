@@ -353,6 +353,30 @@ class CustomDataset(Dataset):
         """The labels (0-based) present in image ``idx``."""
         return self.get_ann_info(idx)["labels"].astype(np.int64).tolist()
 
+    def get_cat2imgs(self) -> dict[int, list[int]]:
+        """``{label: [indices of the images with a box of that label]}`` for every label
+        ``0..len(CLASSES)-1`` (ascending indices; an empty list for a class without images),
+        what class-aware sampling draws from. The labels are those of :meth:`get_ann_info`'s
+        ``labels`` (ignored boxes do not count), whatever the file's category ids."""
+        if self.CLASSES is None:
+            raise ValueError(f"{type(self).__name__}.get_cat2imgs needs the class names; pass "
+                             "classes=[...] to the dataset")
+        num_classes = len(self.CLASSES)
+        per_image = [np.unique(np.asarray(self.get_ann_info(i)["labels"], dtype=np.int64))
+                     for i in range(len(self))]
+        images = np.repeat(np.arange(len(per_image)), [len(u) for u in per_image])  # (pairs,)
+        labels = np.concatenate([np.zeros(0, np.int64), *per_image])  # (pairs,)
+        bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+        if len(bad):
+            image = self.data_infos[images[bad[0]]].get("filename")
+            raise ValueError(f"{type(self).__name__}: image {image!r} has label "
+                             f"{labels[bad[0]]}, not one of the {num_classes} classes "
+                             f"0..{num_classes - 1}")
+        order = np.argsort(labels, kind="stable")  # by label; images stay ascending
+        ends = np.cumsum(np.bincount(labels, minlength=num_classes))[:-1]
+        groups = np.split(images[order], ends)[:num_classes]
+        return {label: group.tolist() for label, group in enumerate(groups)}
+
     # ---- classes, filtering, groups --------------------------------------------------------
 
     @classmethod
