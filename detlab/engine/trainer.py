@@ -109,6 +109,7 @@ class Trainer:
         self.json_log, self.meta = json_log, dict(meta or {})
         self.workflow = [tuple(step) for step in workflow]
         self.val_loss_loader, self.progress = val_loss_loader, progress
+        self._val_batches: Any = None  # the validation batches of an iteration-based workflow
         self.rank, self.world_size = get_dist_info()
         self.forward_loss: Any = model.loss
         if distributed:
@@ -345,9 +346,10 @@ class Trainer:
         return {k: v / max(count, 1) for k, v in totals.items()}
 
     def val_loss_epoch(self) -> None:
-        """The ``('val', 1)`` workflow: average losses on the validation set, logged. The
-        model stays in train mode (losses need the training paths), as in MMDetection."""
+        """The ``('val', 1)`` workflow: average losses on the validation set, logged, computed
+        in eval mode (BatchNorm with its running statistics), as mmcv's runner does."""
         self.mode = "val"
+        self.model.eval()
         self.call_hook("before_val_epoch")
         with preserved_random_states():
             averages = self._val_losses(self._batches(self.val_loss_loader, "val losses"))
@@ -360,14 +362,15 @@ class Trainer:
     def val_loss_iter(self) -> None:
         """One ``('val', m)`` iteration of an iteration-based workflow: the losses of the next
         validation batch, logged."""
-        if not hasattr(self, "_val_batches"):
+        if self._val_batches is None:
             self._val_batches = iter(self.val_loss_loader)
         try:
             batch = next(self._val_batches)
-        except StopIteration:
+        except StopIteration:  # the loader ran out: start it again
             self._val_batches = iter(self.val_loss_loader)
             batch = next(self._val_batches)
         self.mode = "val"
+        self.model.eval()
         with preserved_random_states():
             averages = self._val_losses([batch])
         self.write_log_row({"mode": "val", "epoch": self.epoch + 1, "iter": self.iter,
