@@ -49,6 +49,19 @@ def test_workflow_with_validation_losses_and_auto_scale_lr(shapes_root, tmp_path
     assert len(val) == 1 and val[0]["loss"] > 0 and "loss_cls" in val[0]
 
 
+def test_an_iteration_workflow_alternates_training_and_validation_losses(shapes_root, tmp_path):
+    cfg = tiny_config(shapes_root, workflow=[("train", 2), ("val", 1)], **{
+        "runner": dict(_delete_=True, type="IterBasedRunner", max_iters=5),
+        "checkpoint_config": dict(by_epoch=False, interval=5), "log_config.interval": 1})
+    run = train(cfg, work_dir=str(tmp_path), validate=False, progress=False, seed=0)
+    from detlab.engine.logging import read_json_log
+
+    rows = [(r["mode"], r["iter"]) for r in read_json_log(run.json_log)]
+    assert rows == [("train", 1), ("train", 2), ("val", 2), ("train", 3), ("train", 4),
+                    ("val", 4), ("train", 5)]
+    assert read_checkpoint(run.checkpoint)["meta"]["iter"] == 5
+
+
 def test_settings_sections_are_checked(shapes_root, tmp_path):
     with pytest.raises(ConfigError, match=r"auto_scale_lr.base_batch .*Did you mean "
                                           r"'base_batch_size'"):
