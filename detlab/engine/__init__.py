@@ -12,10 +12,12 @@ dodge one:
 - :mod:`.trainer` is the loop: counters, random states and sampler position, hooks called in order.
   It knows nothing of configs.
 - :mod:`.tester` runs a model over a loader, gathers the results of all processes, evaluates once
-  and saves results; :mod:`.loaders` turns ``data.<split>`` into loaders for both.
-- :mod:`.setup` is the only module that reads a config: it validates the runtime sections,
-  builds the model, loaders, optimizer and hooks (handing the evaluation hook the tester's
-  function), and ``train()`` runs the trainer it built. ``detlab.train`` is that function.
+  and saves results (its ``test()`` reads a config to build the test set and the model);
+  :mod:`.loaders` turns ``data.<split>`` into loaders for both.
+- :mod:`.setup` reads a training config: it validates the runtime sections, builds the model,
+  loaders, optimizer and hooks (handing the evaluation hook the tester's function), and
+  ``train()`` runs the trainer it built. ``detlab.train`` is that function. The trainer and the
+  hooks never see a config.
 
 Information flows one way: config -> setup -> trainer -> hooks observe.
 """
