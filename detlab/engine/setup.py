@@ -36,7 +36,13 @@ from detlab.config import (
     load_config,
 )
 from detlab.dist import broadcast_object, get_dist_info, init_dist, select_device, set_random_seed
-from detlab.engine.hooks import Hook, build_lr_hook, build_momentum_hook, build_optimizer_hook
+from detlab.engine.hooks import (
+    CheckpointHook,
+    Hook,
+    build_lr_hook,
+    build_momentum_hook,
+    build_optimizer_hook,
+)
 from detlab.engine.loaders import (
     build_test_loader,
     build_train_loader,
@@ -354,8 +360,15 @@ def _finish(trainer: Trainer, run: TrainRun, status: str, error: BaseException |
     run.status = status
 
 
+def _latest_path(trainer: Trainer) -> str:
+    """Where the run's ``latest.pth`` is (``checkpoint_config.out_dir`` may move it)."""
+    hook = trainer.get_hook(CheckpointHook)
+    folder = hook.out_dir_of(trainer) if hook is not None else trainer.work_dir
+    return os.path.join(folder, "latest.pth")
+
+
 def _resume_hint(trainer: Trainer) -> str:
-    latest = os.path.join(trainer.work_dir, "latest.pth")
+    latest = _latest_path(trainer)
     if not os.path.exists(latest):
         return "no checkpoint had been written yet"
     meta = read_checkpoint(latest)["meta"]
@@ -433,5 +446,5 @@ def _run(trainer: Trainer, run: TrainRun, resumed_from: str | None) -> TrainRun:
         _finish(trainer, run, status, error if status == "crashed" else None)
         close_file_handlers(trainer.logger)
     run.metrics = dict(trainer.val_outputs)
-    run.checkpoint = os.path.join(trainer.work_dir, "latest.pth")
+    run.checkpoint = _latest_path(trainer)
     return run

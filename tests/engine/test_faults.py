@@ -205,3 +205,13 @@ def test_ctrl_c_prints_one_line(shapes_root, tmp_path):
     assert "resume_from=" in done.stdout
     (log,) = (tmp_path / "work").glob("*.log.json")
     assert json.loads(log.read_text().splitlines()[-1])["status"] == "interrupted"
+
+
+def test_checkpoints_go_to_out_dir_under_the_work_dirs_name(shapes_root, tmp_path):
+    store = tmp_path / "store"
+    cfg = tiny_config(shapes_root, epochs=2, **{"checkpoint_config.out_dir": str(store),
+                                                "checkpoint_config.max_keep_ckpts": 1})
+    run = train(cfg, work_dir=str(tmp_path / "run7"), validate=False, **QUIET)
+    assert sorted(os.listdir(store / "run7")) == ["epoch_2.pth", "latest.pth"]
+    assert run.checkpoint == str(store / "run7" / "latest.pth")
+    assert not any(name.endswith(".pth") for name in os.listdir(tmp_path / "run7"))

@@ -35,6 +35,13 @@ class CheckpointHook(Hook):
         self.interval, self.by_epoch, self.save_optimizer = interval, by_epoch, save_optimizer
         self.out_dir, self.max_keep_ckpts, self.save_last = out_dir, max_keep_ckpts, save_last
 
+    def out_dir_of(self, trainer: Trainer) -> str:
+        """``out_dir/<work_dir's name>`` when ``out_dir`` is another folder, as mmcv puts it,
+        else the work_dir."""
+        if not self.out_dir or os.path.abspath(self.out_dir) == os.path.abspath(trainer.work_dir):
+            return trainer.work_dir
+        return os.path.join(self.out_dir, os.path.basename(trainer.work_dir.rstrip(os.sep)))
+
     def _due(self, done: int, total: int) -> bool:
         return (self.interval > 0 and done % self.interval == 0) or (
             self.save_last and done == total)
@@ -51,7 +58,7 @@ class CheckpointHook(Hook):
 
     def _save(self, trainer: Trainer, unit: str, done: int, total: int,
               counters: dict[str, int]) -> None:
-        out_dir = self.out_dir or trainer.work_dir
+        out_dir = self.out_dir_of(trainer)
         if not self._due(done, total):
             trainer.save_checkpoint(out_dir, "latest.pth", self.save_optimizer, **counters)
             return

@@ -177,7 +177,7 @@ class MMDetWandbHook(WandbLoggerHook):
             self._log_checkpoint(trainer, "iter", done)
 
     def _log_checkpoint(self, trainer: Trainer, unit: str, done: int) -> None:
-        out_dir = self.ckpt_hook.out_dir or trainer.work_dir
+        out_dir = self.ckpt_hook.out_dir_of(trainer)
         path = os.path.join(out_dir, f"{unit}_{done}.pth")
         if not os.path.exists(path):
             return
