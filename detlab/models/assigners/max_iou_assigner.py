@@ -59,18 +59,26 @@ class MaxIoUAssigner:
         self.ignore_iof_thr, self.ignore_wrt_candidates = ignore_iof_thr, ignore_wrt_candidates
         self.match_low_quality, self.gpu_assign_thr = match_low_quality, gpu_assign_thr
 
-    def assign(self, bboxes: torch.Tensor, gt_bboxes: torch.Tensor,
+    def assign(self, priors: torch.Tensor, gt_bboxes: torch.Tensor,
                gt_bboxes_ignore: torch.Tensor | None = None,
-               gt_labels: torch.Tensor | None = None) -> AssignResult:
+               gt_labels: torch.Tensor | None = None, *,
+               num_level_priors: Sequence[int] | None = None,
+               pred_scores: torch.Tensor | None = None,
+               pred_bboxes: torch.Tensor | None = None) -> AssignResult:
         """Assign ``(N, 4)`` xyxy priors to ``(G, 4)`` xyxy ground truths (labels ``(G,)``);
-        ``gt_bboxes_ignore`` ``(K, 4)`` xyxy boxes to ignore."""
-        overlaps = self.iou_calculator(gt_bboxes, bboxes)  # (G, N)
+        ``gt_bboxes_ignore`` ``(K, 4)`` xyxy boxes to ignore.
+
+        The keyword-only ``num_level_priors``, ``pred_scores`` and ``pred_bboxes`` are the
+        assigner interface's extras (for ATSS-, SimOTA- or TOOD-style assigners); IoU
+        assignment ignores them.
+        """
+        overlaps = self.iou_calculator(gt_bboxes, priors)  # (G, N)
         if (self.ignore_iof_thr > 0 and gt_bboxes_ignore is not None
-                and gt_bboxes_ignore.numel() > 0 and bboxes.numel() > 0):
+                and gt_bboxes_ignore.numel() > 0 and priors.numel() > 0):
             if self.ignore_wrt_candidates:
-                iof = self.iou_calculator(bboxes, gt_bboxes_ignore, mode="iof").max(dim=1).values
+                iof = self.iou_calculator(priors, gt_bboxes_ignore, mode="iof").max(dim=1).values
             else:
-                iof = self.iou_calculator(gt_bboxes_ignore, bboxes, mode="iof").max(dim=0).values
+                iof = self.iou_calculator(gt_bboxes_ignore, priors, mode="iof").max(dim=0).values
             overlaps[:, iof > self.ignore_iof_thr] = -1
         return self.assign_wrt_overlaps(overlaps, gt_labels)
 
