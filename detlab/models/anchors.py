@@ -1,8 +1,14 @@
-"""Anchor generation (MMDetection 2.x's ``AnchorGenerator``).
+"""Prior generators (MMDetection 2.x's): anchors (``AnchorGenerator`` and its SSD, YOLO and
+legacy variants) and points (``MlvlPointGenerator``).
 
-Anchors are ``(N, 4)`` xyxy in input-image pixels. On each level they are ordered location-major
-(row by row, then column) and, at each location, base anchor by base anchor -- the order of a
-head's ``(B, A*K, H, W)`` output after ``permute(0, 2, 3, 1).reshape(B, H*W*A, K)``.
+They share one interface: ``num_levels``, ``num_base_priors`` (priors per location, per level),
+``strides`` (``(stride_w, stride_h)`` per level), ``grid_priors(featmap_sizes, dtype, device,
+with_stride=False)`` and ``valid_flags(featmap_sizes, pad_shape, device)``.
+
+Anchors are ``(N, 4)`` xyxy in input-image pixels; points are ``(N, 2)`` ``(x, y)``, or ``(N, 4)``
+``(x, y, stride_w, stride_h)``. On each level priors are ordered location-major (row by row,
+then column) and, at each location, base prior by base prior -- the order of a head's
+``(B, A*K, H, W)`` output after ``permute(0, 2, 3, 1).reshape(B, H*W*A, K)``.
 """
 
 from __future__ import annotations
@@ -180,3 +186,93 @@ def anchor_inside_flags(anchors: torch.Tensor, valid_flags: torch.Tensor,
     return (valid_flags & (anchors[:, 0] >= -allowed_border)
             & (anchors[:, 1] >= -allowed_border) & (anchors[:, 2] < w + allowed_border)
             & (anchors[:, 3] < h + allowed_border))
+
+
+def _check_level_count(num_levels: int, strides: Sequence, featmap_sizes: Sequence) -> None:
+    if len(featmap_sizes) != num_levels:
+        raise ValueError(f"the prior generator has {num_levels} levels (strides {list(strides)}) "
+                         f"but got {len(featmap_sizes)} feature maps; make the generator's "
+                         f"strides match the neck's num_outs")
+
+
+@MODELS.register_module()
+class MlvlPointGenerator:
+    """Points at the cells of every level of a feature pyramid (anchor-free heads).
+
+    The point of cell ``(row i, column j)`` of a level is ``((j + offset) * stride_w,
+    (i + offset) * stride_h)``; one point per cell.
+
+    Args:
+        strides: stride of each level, a number or ``(stride_w, stride_h)``.
+        offset: position of the point inside its cell, in units of the stride (0.5: the cell's
+            center; 0: its top-left corner).
+    """
+
+    def __init__(self, strides: Sequence[int | Sequence[int]], offset: float = 0.5) -> None:
+        self.strides = [_pair(s) for s in strides]
+        self.offset = offset
+
+    @property
+    def num_levels(self) -> int:
+        """Number of pyramid levels."""
+        return len(self.strides)
+
+    @property
+    def num_base_priors(self) -> list[int]:
+        """Points per location on each level: one."""
+        return [1] * len(self.strides)
+
+    def grid_priors_per_level(self, featmap_size: Sequence[int], level: int,
+                              dtype: torch.dtype = torch.float32,
+                              device: torch.device | str = "cpu",
+                              with_stride: bool = False) -> torch.Tensor:
+        """``(H * W, 2)`` ``(x, y)`` points of a ``(H, W)`` feature map of ``level``, or
+        ``(H * W, 4)`` ``(x, y, stride_w, stride_h)`` with ``with_stride``."""
+        feat_h, feat_w = int(featmap_size[0]), int(featmap_size[1])
+        stride_w, stride_h = self.strides[level]
+        # computed in the default dtype, then cast, as MMDetection does
+        shift_x = ((torch.arange(feat_w, device=device) + self.offset) * stride_w).to(dtype)
+        shift_y = ((torch.arange(feat_h, device=device) + self.offset) * stride_h).to(dtype)
+        yy, xx = torch.meshgrid(shift_y, shift_x, indexing="ij")  # (H, W): rows first
+        xx, yy = xx.reshape(-1), yy.reshape(-1)
+        if not with_stride:
+            return torch.stack([xx, yy], dim=-1)
+        sw = xx.new_full(xx.shape, stride_w).to(dtype)
+        sh = xx.new_full(xx.shape, stride_h).to(dtype)
+        return torch.stack([xx, yy, sw, sh], dim=-1)
+
+    def grid_priors(self, featmap_sizes: Sequence[Sequence[int]],
+                    dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+                    with_stride: bool = False) -> list[torch.Tensor]:
+        """Points of every level: a list of ``(H_l * W_l, 2 or 4)`` tensors."""
+        _check_level_count(self.num_levels, self.strides, featmap_sizes)
+        return [self.grid_priors_per_level(size, i, dtype, device, with_stride)
+                for i, size in enumerate(featmap_sizes)]
+
+    def valid_flags(self, featmap_sizes: Sequence[Sequence[int]], pad_shape: Sequence[int],
+                    device: torch.device | str = "cpu") -> list[torch.Tensor]:
+        """Per level, ``(H_l * W_l,)`` bool: the point's cell lies inside the image's padded
+        area ``pad_shape`` ``(h, w, ...)``."""
+        _check_level_count(self.num_levels, self.strides, featmap_sizes)
+        h, w = pad_shape[0], pad_shape[1]
+        flags = []
+        for (feat_h, feat_w), (stride_w, stride_h) in zip(featmap_sizes, self.strides, strict=True):
+            valid = (min(math.ceil(h / stride_h), int(feat_h)),
+                     min(math.ceil(w / stride_w), int(feat_w)))
+            flags.append(AnchorGenerator.valid_flags_per_level((feat_h, feat_w), valid, 1,
+                                                               device))
+        return flags
+
+    def sparse_priors(self, prior_idxs: torch.Tensor, featmap_size: Sequence[int], level: int,
+                      dtype: torch.dtype = torch.float32,
+                      device: torch.device | str = "cpu") -> torch.Tensor:
+        """``(K, 2)`` ``(x, y)`` points at the flat indices ``prior_idxs`` ``(K,)`` of a
+        ``(H, W)`` feature map of ``level`` (the rows of :meth:`grid_priors_per_level`)."""
+        height, width = int(featmap_size[0]), int(featmap_size[1])
+        stride_w, stride_h = self.strides[level]
+        x = (prior_idxs % width + self.offset) * stride_w
+        y = ((prior_idxs // width) % height + self.offset) * stride_h
+        return torch.stack([x, y], 1).to(dtype).to(device)
+
+    def __repr__(self) -> str:
+        return f"MlvlPointGenerator(strides={self.strides}, offset={self.offset})"

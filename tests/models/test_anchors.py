@@ -95,3 +95,66 @@ def test_bad_arguments(kwargs, message):
 def test_level_count_mismatch_is_explained():
     with pytest.raises(ValueError, match="strides"):
         AnchorGenerator(**RETINA).grid_priors([(2, 2)] * 4)
+
+
+# ---- against MMDetection 2.28's own prior generators -------------------------------------
+
+def _mmdet_anchor_module():
+    from mmdet_box_reference import mmdet_module
+
+    return mmdet_module("core.anchor.anchor_generator")
+
+
+def _mmdet_point_module():
+    from mmdet_box_reference import mmdet_module
+
+    return mmdet_module("core.anchor.point_generator")
+
+
+POINT_CASES = [dict(strides=[8, 16, 32, 64, 128]), dict(strides=[8, (16, 12)], offset=0.0),
+               dict(strides=[4, 8], offset=0.25)]
+SIZES = [(7, 9), (4, 5), (2, 3), (1, 2), (1, 1)]
+
+
+@pytest.mark.filterwarnings("ignore:torch.meshgrid")
+@pytest.mark.parametrize("kwargs", POINT_CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_points_are_mmdetections(kwargs, dtype):
+    from detlab.models.anchors import MlvlPointGenerator
+
+    ours = MlvlPointGenerator(**kwargs)
+    theirs = _mmdet_point_module().MlvlPointGenerator(**kwargs)
+    sizes = SIZES[:len(kwargs["strides"])]
+    assert ours.num_levels == theirs.num_levels
+    assert ours.num_base_priors == theirs.num_base_priors
+    assert ours.strides == theirs.strides
+    for with_stride in (False, True):
+        mine = ours.grid_priors(sizes, dtype=dtype, with_stride=with_stride)
+        ref = theirs.grid_priors(sizes, dtype=dtype, device="cpu", with_stride=with_stride)
+        for a, b in zip(mine, ref, strict=True):
+            assert a.dtype == b.dtype and torch.equal(a, b)
+    for pad_shape in [(50, 70, 3), (16, 8), (64, 72)]:
+        for a, b in zip(ours.valid_flags(sizes, pad_shape),
+                        theirs.valid_flags(sizes, pad_shape, device="cpu"), strict=True):
+            assert torch.equal(a, b)
+    idxs = torch.tensor([0, 3, 10, 62])
+    for level in range(len(sizes)):
+        torch.testing.assert_close(ours.sparse_priors(idxs, sizes[level], level, dtype),
+                                   theirs.sparse_priors(idxs, sizes[level], level, dtype,
+                                                        device="cpu"), rtol=0, atol=0)
+
+
+def test_points_layout_without_the_reference():
+    from detlab.models.anchors import MlvlPointGenerator
+
+    gen = MlvlPointGenerator([8, (16, 4)], offset=0.5)
+    first, second = gen.grid_priors([(2, 3), (2, 2)], with_stride=True)
+    # row by row: x runs fastest
+    assert first[:, :2].tolist() == [[4, 4], [12, 4], [20, 4], [4, 12], [12, 12], [20, 12]]
+    assert first[:, 2:].unique().tolist() == [8.0]
+    assert second.tolist() == [[8, 2, 16, 4], [24, 2, 16, 4], [8, 6, 16, 4], [24, 6, 16, 4]]
+    flags = gen.valid_flags([(2, 3), (2, 2)], pad_shape=(9, 16))
+    assert flags[0].tolist() == [True, True, False, True, True, False]
+    assert flags[1].tolist() == [True, False, True, False]
+    with pytest.raises(ValueError, match="num_outs"):
+        gen.grid_priors([(2, 2)])
