@@ -20,12 +20,15 @@ def focal_loss_with_prob(prob: torch.Tensor, target: torch.Tensor, gamma: float 
     return F.binary_cross_entropy(prob, target, reduction="none") * focal_weight
 
 
-def _expand_weight(weight: torch.Tensor | None, loss: torch.Tensor) -> torch.Tensor | None:
-    """A per-sample ``(N,)`` weight applies to every class of that sample."""
+def expand_sample_weight(weight: torch.Tensor | None, loss: torch.Tensor) -> torch.Tensor | None:
+    """Fit ``weight`` to an ``(N, C)`` ``loss``: a per-sample ``(N,)`` weight applies to every
+    class of its sample, a flat ``(N * C,)`` one is reshaped (MMDetection's rule)."""
     if weight is None or weight.shape == loss.shape:
         return weight
-    if weight.shape[0] == loss.shape[0]:
-        return weight.reshape(loss.shape[0], -1)
+    if weight.size(0) == loss.size(0):
+        return weight.reshape(-1, 1)
+    if weight.numel() == loss.numel():
+        return weight.reshape(loss.size(0), -1)
     raise ValueError(f"focal loss weight of shape {tuple(weight.shape)} does not fit a loss of "
                      f"shape {tuple(loss.shape)}")
 
@@ -68,7 +71,7 @@ class FocalLoss(WeightedLoss):
         else:
             loss = sigmoid_focal_loss(pred, one_hot, alpha=self.alpha, gamma=self.gamma,
                                       reduction="none")
-        return self.reduce(loss, _expand_weight(weight, loss), avg_factor, reduction_override)
+        return self.reduce(loss, expand_sample_weight(weight, loss), avg_factor, reduction_override)
 
     def extra_repr(self) -> str:
         return f"gamma={self.gamma}, alpha={self.alpha}, {super().extra_repr()}"

@@ -1,13 +1,15 @@
-"""Box regression losses: L1, smooth L1 (on deltas) and GIoU (on decoded xyxy boxes)."""
+"""Element-wise regression losses (on box deltas, or any aligned tensors): L1, smooth L1,
+balanced L1 and squared error. The IoU family, on decoded boxes, is in ``box_iou_loss``."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
-from torchvision.ops import generalized_box_iou_loss
 
 from detlab.config import ConfigError
-from detlab.models.losses.utils import WeightedLoss
+from detlab.models.losses.utils import WeightedLoss, weighted_loss
 from detlab.registry import MODELS
 
 
@@ -15,6 +17,45 @@ def _check_shapes(pred: torch.Tensor, target: torch.Tensor, name: str) -> None:
     if pred.shape != target.shape:
         raise ValueError(f"{name} needs pred and target of the same shape, got "
                          f"{tuple(pred.shape)} and {tuple(target.shape)}")
+
+
+@weighted_loss
+def l1_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``|pred - target|``; 0 (connected to ``pred``) when ``target`` is empty."""
+    if target.numel() == 0:
+        return pred.sum() * 0
+    _check_shapes(pred, target, "l1_loss")
+    return F.l1_loss(pred, target, reduction="none")
+
+
+@weighted_loss
+def smooth_l1_loss(pred: torch.Tensor, target: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
+    """``0.5 * d**2 / beta`` where ``d = |pred - target| < beta``, else ``d - 0.5 * beta``."""
+    if target.numel() == 0:
+        return pred.sum() * 0
+    _check_shapes(pred, target, "smooth_l1_loss")
+    return F.smooth_l1_loss(pred, target, reduction="none", beta=beta)
+
+
+@weighted_loss
+def balanced_l1_loss(pred: torch.Tensor, target: torch.Tensor, beta: float = 1.0,
+                     alpha: float = 0.5, gamma: float = 1.5) -> torch.Tensor:
+    """Balanced L1 (Libra R-CNN, Pang et al., 2019) of ``d = |pred - target|``, with
+    ``b = e**(gamma / alpha) - 1``: ``alpha / b * (b * d + 1) * log(b * d / beta + 1) - alpha * d``
+    where ``d < beta``, else ``gamma * d + gamma / b - alpha * beta``."""
+    if target.numel() == 0:
+        return pred.sum() * 0
+    _check_shapes(pred, target, "balanced_l1_loss")
+    diff = torch.abs(pred - target)
+    b = math.e ** (gamma / alpha) - 1
+    inner = alpha / b * (b * diff + 1) * torch.log(b * diff / beta + 1) - alpha * diff
+    return torch.where(diff < beta, inner, gamma * diff + gamma / b - alpha * beta)
+
+
+@weighted_loss
+def mse_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``(pred - target)**2``."""
+    return F.mse_loss(pred, target, reduction="none")
 
 
 @MODELS.register_module()
@@ -36,9 +77,8 @@ class L1Loss(WeightedLoss):
         """``pred``, ``target``, ``weight``: ``(N, 4)`` (any equal shapes)."""
         if target.numel() == 0:
             return pred.sum() * 0  # keeps the graph connected when there is nothing to regress
-        _check_shapes(pred, target, "L1Loss")
-        loss = F.l1_loss(pred, target, reduction="none")
-        return self.reduce(loss, weight, avg_factor, reduction_override)
+        return self.reduce(l1_loss(pred, target, reduction="none"), weight, avg_factor,
+                           reduction_override)
 
 
 @MODELS.register_module()
@@ -65,38 +105,65 @@ class SmoothL1Loss(WeightedLoss):
         """``pred``, ``target``, ``weight``: ``(N, 4)`` (any equal shapes)."""
         if target.numel() == 0:
             return pred.sum() * 0
-        _check_shapes(pred, target, "SmoothL1Loss")
-        loss = F.smooth_l1_loss(pred, target, reduction="none", beta=self.beta)
+        loss = smooth_l1_loss(pred, target, beta=self.beta, reduction="none")
         return self.reduce(loss, weight, avg_factor, reduction_override)
+
+    def extra_repr(self) -> str:
+        return f"beta={self.beta}, {super().extra_repr()}"
 
 
 @MODELS.register_module()
-class GIoULoss(WeightedLoss):
-    """``1 - GIoU(pred, target)`` of aligned xyxy boxes (torchvision's
-    ``generalized_box_iou_loss``).
+class BalancedL1Loss(WeightedLoss):
+    """Balanced L1 loss (Libra R-CNN): more gradient to the inliers (``d < beta``) than smooth
+    L1 gives them, the same total gradient ``gamma`` to the outliers.
 
     Args:
-        eps: keeps the divisions finite for degenerate boxes.
+        alpha: gradient of the inliers (smaller: less).
+        gamma: bound of the outliers' gradient.
+        beta: where the loss turns linear (> 0).
         reduction: ``'none'``, ``'mean'`` or ``'sum'``.
         loss_weight: multiplier of the loss.
     """
 
-    def __init__(self, eps: float = 1e-6, reduction: str = "mean",
-                 loss_weight: float = 1.0) -> None:
+    def __init__(self, alpha: float = 0.5, gamma: float = 1.5, beta: float = 1.0,
+                 reduction: str = "mean", loss_weight: float = 1.0) -> None:
         super().__init__(reduction, loss_weight)
-        self.eps = float(eps)
+        if beta <= 0:
+            raise ConfigError(f"BalancedL1Loss beta must be > 0, got {beta}")
+        self.alpha, self.gamma, self.beta = float(alpha), float(gamma), float(beta)
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor,
                 weight: torch.Tensor | None = None,
                 avg_factor: float | torch.Tensor | None = None,
                 reduction_override: str | None = None) -> torch.Tensor:
-        """``pred``, ``target``: ``(N, 4)`` xyxy; ``weight``: ``(N,)`` or ``(N, 4)`` (averaged
-        over the 4 coordinates, as MMDetection does)."""
-        if weight is not None and not bool((weight > 0).any()):
-            # nothing to regress: an exact zero that still depends on pred
-            return (pred * (weight[..., None] if weight.dim() < pred.dim() else weight)).sum()
-        _check_shapes(pred, target, "GIoULoss")
-        if weight is not None and weight.dim() > 1:
-            weight = weight.mean(-1)
-        loss = generalized_box_iou_loss(pred, target, reduction="none", eps=self.eps)
+        """``pred``, ``target``, ``weight``: ``(N, 4)`` (any equal shapes)."""
+        if target.numel() == 0:
+            return pred.sum() * 0
+        loss = balanced_l1_loss(pred, target, beta=self.beta, alpha=self.alpha,
+                                gamma=self.gamma, reduction="none")
         return self.reduce(loss, weight, avg_factor, reduction_override)
+
+    def extra_repr(self) -> str:
+        return (f"alpha={self.alpha}, gamma={self.gamma}, beta={self.beta}, "
+                f"{super().extra_repr()}")
+
+
+@MODELS.register_module()
+class MSELoss(WeightedLoss):
+    """``(pred - target)**2``, weighted and reduced.
+
+    Args:
+        reduction: ``'none'``, ``'mean'`` or ``'sum'``.
+        loss_weight: multiplier of the loss.
+    """
+
+    def __init__(self, reduction: str = "mean", loss_weight: float = 1.0) -> None:
+        super().__init__(reduction, loss_weight)
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor,
+                weight: torch.Tensor | None = None,
+                avg_factor: float | torch.Tensor | None = None,
+                reduction_override: str | None = None) -> torch.Tensor:
+        """``pred``, ``target``, ``weight``: any equal (broadcastable) shapes."""
+        return self.reduce(mse_loss(pred, target, reduction="none"), weight, avg_factor,
+                           reduction_override)
