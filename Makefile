@@ -17,14 +17,22 @@ $(STAMP): pyproject.toml constraints.txt
 	$(MAKE) reference-deps
 	@touch $(STAMP)
 
-# mmcv 1.7.2's Python sources: the test-time reference for the runtime (LR and momentum schedules,
-# optimizer constructors, EMA). detlab never imports it. Its sdist needs a setuptools that still
-# has pkg_resources to build, and --no-deps keeps its opencv-python out of the venv.
+# The test-time references, never imported by detlab (tests/reference/__init__.py has the details):
+# - mmcv 1.7.2's Python sources: the reference for the runtime (LR and momentum schedules,
+#   optimizer constructors, EMA) and what MMDetection 2.28 runs on. Its sdist needs a setuptools
+#   that still has pkg_resources to build; --no-deps keeps its opencv-python out of the venv.
+# - MMDetection 2.28.2's wheel (--no-deps: it would ask for mmcv-full), which ships every zoo
+#   config under mmdet/.mim/configs, plus the pure-Python packages it imports (terminaltables,
+#   scipy, six). mmcv's compiled ops are replaced at test time by tests/reference/mmcv_ext.py.
 reference-deps:
 	@$(BIN)/python -c "import mmcv.runner" 2>/dev/null || \
 		PIP_CONSTRAINT=$(CURDIR)/tests/reference-build-constraints.txt \
 		$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps mmcv==1.7.2 \
 		&& $(PIP_INSTALL) addict yapf
+	@$(BIN)/python -c "import importlib.metadata as m, terminaltables, scipy, six; \
+		assert m.version('mmdet') == '2.28.2'" 2>/dev/null || { \
+		$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps mmdet==2.28.2 \
+		&& $(PIP_INSTALL) terminaltables scipy six; }
 
 venv: $(STAMP)
 
