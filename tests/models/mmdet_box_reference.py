@@ -8,8 +8,8 @@ stand-ins of their parent packages, and ``sys.modules`` is put back as it was af
 test that imports the real ``mmdet`` later gets the real one.
 
 Where the sources are: ``$DETLAB_MMDET_SRC`` (a folder holding the ``mmdet`` package, e.g. an
-unpacked ``mmdet-2.28.2`` wheel), else an installed ``mmdet`` (found without importing it).
-Without either, :func:`mmdet_module` skips the calling test.
+unpacked ``mmdet-2.28.2`` wheel), else the ``mmdet`` that ``make reference-deps`` installs
+(found without importing it). Without either, :func:`mmdet_module` skips the calling test.
 """
 
 from __future__ import annotations
@@ -26,17 +26,24 @@ from pathlib import Path
 import pytest
 
 MMDET_VERSION = "2.28.2"
-HINT = ("MMDetection 2.28.2's sources are not available: `pip install --no-deps mmdet==2.28.2`, "
-        "or unpack its wheel and set DETLAB_MMDET_SRC to the folder holding `mmdet/`")
+HINT = ("MMDetection 2.28.2's sources are not available: run `make reference-deps`, or unpack "
+        "its wheel and set DETLAB_MMDET_SRC to the folder holding `mmdet/`")
 # packages whose __init__ would import far more than the box code
 _STUB_PACKAGES = ("mmdet", "mmdet.utils", "mmdet.core", "mmdet.core.bbox",
                   "mmdet.core.bbox.assigners", "mmdet.core.bbox.samplers",
                   "mmdet.core.bbox.coder", "mmdet.core.anchor")
 _LOADED: dict[str, types.ModuleType] = {}  # MMDetection's modules loaded so far, by name
+_STATE = {"root": None, "depth": 0}  # the sources found first; how deep in mmdet_modules()
 
 
 def mmdet_source() -> Path | None:
-    """The folder holding MMDetection's ``mmdet`` package, or None."""
+    """The folder holding MMDetection's ``mmdet`` package, or None (found once)."""
+    if _STATE["root"] is None:
+        _STATE["root"] = _find_source()
+    return _STATE["root"]
+
+
+def _find_source() -> Path | None:
     env = os.environ.get("DETLAB_MMDET_SRC")
     if env:
         return Path(env) if (Path(env) / "mmdet" / "core").is_dir() else None
@@ -57,6 +64,9 @@ def mmdet_modules():
     """Within the block, ``sys.modules`` holds the MMDetection modules loaded so far (and the
     stand-ins of their packages) in place of any other ``mmdet``: for reference code that
     imports at call time (``RandomSampler.__init__`` imports ``mmdet.core.bbox.demodata``)."""
+    if _STATE["depth"]:  # already inside: the modules are in place
+        yield
+        return
     root = mmdet_source()
     if root is None:
         pytest.skip(HINT)
@@ -70,11 +80,13 @@ def mmdet_modules():
             stub.__path__ = [str(root.joinpath(*package.split(".")))]
             _LOADED[package] = stub
     sys.modules.update(_LOADED)
+    _STATE["depth"] += 1
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
+        _STATE["depth"] -= 1
         for key in [k for k in sys.modules if k == "mmdet" or k.startswith("mmdet.")]:
             _LOADED[key] = sys.modules.pop(key)
         sys.modules.update(saved)
