@@ -65,3 +65,6 @@ class ApproxMaxIoUAssigner(MaxIoUAssigner):
                 result.max_overlaps.to(device)
             result.labels = None if result.labels is None else result.labels.to(device)
         return result
+
+    def __repr__(self) -> str:
+        return "Approx" + super().__repr__()
