@@ -1,6 +1,7 @@
 """RetinaHead: targets, loss (empty ground truth included), post-processing, init, errors."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -104,8 +105,9 @@ def test_loss_is_mmdetection_formula():
     raw = head(_feats())
     targets = [_target(BOXES, [0, 2]), _target()]
     metas = [_meta(), _meta()]
-    anchors, valid = head.anchors_and_flags(raw[0], metas)
-    t = head.get_targets(anchors, valid, targets, metas)
+    priors = head.get_priors(raw[0], metas)
+    anchors = priors.priors
+    t = head.get_targets(priors, targets, metas)
     assert t.num_pos[0] > 0 and t.num_pos[1] == 0
     assert t.avg_factor == t.num_pos[0] + 1
     losses = head.loss(raw, targets, metas)
@@ -135,8 +137,8 @@ def test_batch_loss_combines_per_image_sums():
     both = head.loss(raw, targets, metas)
     singles = [head.loss(([c[i:i + 1] for c in raw[0]], [r[i:i + 1] for r in raw[1]]),
                          targets[i:i + 1], metas[i:i + 1]) for i in range(2)]
-    anchors, valid = head.anchors_and_flags(raw[0], metas)
-    factors = [head.get_targets(anchors, valid[i:i + 1], targets[i:i + 1],
+    priors = head.get_priors(raw[0], metas)
+    factors = [head.get_targets(replace(priors, valid=priors.valid[i:i + 1]), targets[i:i + 1],
                                 metas[i:i + 1]).avg_factor for i in range(2)]
     for key in ("loss_cls", "loss_bbox"):
         summed = sum(s[key] * (f + EPS) for s, f in zip(singles, factors, strict=True))
@@ -149,8 +151,9 @@ def test_ignored_boxes_padding_and_borders():
     raw = head(_feats(batch=2, height=64, width=96))
     metas = [_meta(64, 96), _meta(40, 56, pad_shape=(64, 64, 3))]
     targets = [_target(BOXES[:1], [0], ignore=[[60.0, 0.0, 96.0, 64.0]]), _target()]
-    anchors, valid = head.anchors_and_flags(raw[0], metas)
-    t = head.get_targets(anchors, valid, targets, metas)
+    priors = head.get_priors(raw[0], metas)
+    anchors = priors.priors
+    t = head.get_targets(priors, targets, metas)
     centers = (anchors[:, :2] + anchors[:, 2:]) / 2
     iof = bbox_overlaps(anchors, targets[0]["boxes_ignore"], mode="iof")[:, 0]
     assert (iof > 0.5).sum() > 10
@@ -165,7 +168,7 @@ def test_ignored_boxes_padding_and_borders():
     assert torch.all(t.label_weights[1][~beyond] == 1)
 
     bordered = _head(train_cfg={**TRAIN_CFG, "allowed_border": 0})
-    tb = bordered.get_targets(anchors, valid, [_target(), _target()], metas)
+    tb = bordered.get_targets(priors, [_target(), _target()], metas)
     crossing = (anchors[:, 0] < 0) | (anchors[:, 1] < 0)
     assert torch.all(tb.label_weights[0][crossing] == 0)
 
@@ -173,8 +176,7 @@ def test_ignored_boxes_padding_and_borders():
 def test_pos_weight():
     head = _head(train_cfg={**TRAIN_CFG, "pos_weight": 3.0})
     raw = head(_feats(batch=1))
-    anchors, valid = head.anchors_and_flags(raw[0], [_meta()])
-    t = head.get_targets(anchors, valid, [_target(BOXES, [0, 1])], [_meta()])
+    t = head.get_targets(head.get_priors(raw[0], [_meta()]), [_target(BOXES, [0, 1])], [_meta()])
     pos = t.labels[0] < NUM_CLASSES
     assert pos.any() and torch.all(t.label_weights[0][pos] == 3.0)
 
@@ -237,9 +239,13 @@ def test_predict_rescales_and_unflips():
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(num_classes=0), "num_classes"),
-    (dict(anchor_generator=dict(type="FocalLoss")), "anchor generator"),
+    (dict(anchor_generator=dict(type="FocalLoss")), "anchor_generator.*prior generator"),
     (dict(test_cfg={**TEST_CFG, "nms_pree": 10}), "nms_pre"),
-    (dict(test_cfg={**TEST_CFG, "nms": dict(type="soft_nms", iou_threshold=0.5)}), "nms"),
+    (dict(test_cfg={**TEST_CFG, "nms": dict(type="softnms", iou_threshold=0.5)}),
+     "Did you mean 'soft_nms'"),
+    (dict(test_cfg={**TEST_CFG, "nms": dict(type="nms", iou_threshold=0.5, sigma=0.5)}),
+     "no key 'sigma' for type 'nms'"),
+    (dict(test_cfg={**TEST_CFG, "nms": dict(type="soft_nms", method="gauss")}), "gaussian"),
     (dict(train_cfg=dict(allowed_border=-1)), "assigner"),
 ])
 def test_configuration_errors(kwargs, message):

@@ -82,8 +82,9 @@ class SingleStageDetector(nn.Module):
                               f"channels {sorted(set(out))}")
         levels = getattr(getattr(self.bbox_head, "prior_generator", None), "num_levels", None)
         if out is not None and levels is not None and levels != len(out):
-            raise ConfigError(f"model.bbox_head.anchor_generator has {levels} levels (strides) "
-                              f"but the {'neck' if self.neck is not None else 'backbone'} gives "
+            raise ConfigError(f"model.bbox_head's priors have {levels} levels (the strides of "
+                              f"bbox_head.anchor_generator, or bbox_head.strides) but the "
+                              f"{'neck' if self.neck is not None else 'backbone'} gives "
                               f"{len(out)} feature maps (model.neck.num_outs)")
 
     @property
@@ -109,8 +110,8 @@ class SingleStageDetector(nn.Module):
         return tuple(self.neck(feats) if self.neck is not None else feats)
 
     def forward(self, images: torch.Tensor) -> Any:
-        """Raw head outputs of ``(B, 3, H, W)`` images: for an anchor head, (per-level
-        classification maps, per-level regression maps)."""
+        """Raw head outputs of ``(B, 3, H, W)`` images: a dense head's tuple of per-level map
+        lists, e.g. (classification maps, regression maps[, score-factor maps])."""
         return self.bbox_head(self.extract_feat(images))
 
     def loss(self, batch: Batch) -> dict[str, torch.Tensor]:

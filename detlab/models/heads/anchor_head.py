@@ -1,10 +1,11 @@
-"""The base of anchor-based dense heads: anchors, target assignment, loss and post-processing
-with MMDetection 2.x's rules (``AnchorHead`` + ``BaseDenseHead``, version >= 2.18).
+"""The base of anchor-based dense heads (MMDetection 2.x's ``AnchorHead``): anchors from
+``anchor_generator``, targets through ``train_cfg.assigner`` and the sampler, and the
+classification + box regression loss.
 
-A subclass builds its layers and defines ``forward_single``; everything else is here, in
-separate steps: :meth:`AnchorHead.forward` (raw maps), :meth:`AnchorHead.get_targets`
-(assignment), :meth:`AnchorHead.loss_by_targets` (loss) and :meth:`AnchorHead.predict`
-(post-processing into :class:`~detlab.structures.DetResult`).
+A subclass builds its layers and defines ``forward_single``; post-processing comes from
+:class:`~detlab.models.heads.base_dense_head.BaseDenseHead`. The steps are separate:
+:meth:`BaseDenseHead.get_priors` (anchors), :meth:`AnchorHead.get_targets` (assignment),
+:meth:`AnchorHead.loss_by_targets` (loss) and :meth:`BaseDenseHead.predict`.
 
 Shapes: ``B`` images, ``A`` anchors of all levels of one image, ``C`` classification outputs.
 Raw maps are per level ``(B, A_l * C, H_l, W_l)`` and ``(B, A_l * 4, H_l, W_l)``.
@@ -18,27 +19,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchvision.ops import batched_nms, nms
 
-from detlab.config import ConfigError, did_you_mean
+from detlab.config import ConfigError
 from detlab.models.anchors import anchor_inside_flags
-from detlab.models.assigners import PseudoSampler
-from detlab.models.heads.postprocess import (
-    boxes_to_original,
-    filter_scores_and_topk,
-    levels_to_rows,
-    result_meta,
-)
-from detlab.models.utils import thaw
-from detlab.registry import MODELS
-from detlab.structures import DetResult
-
-TRAIN_CFG_KEYS = ("assigner", "sampler", "allowed_border", "pos_weight", "debug")
-TEST_CFG_KEYS = ("nms_pre", "min_bbox_size", "score_thr", "nms", "max_per_img")
-# split_thr is accepted from MMDetection configs; torchvision's batched_nms picks its own strategy
-NMS_KEYS = ("type", "iou_threshold", "class_agnostic", "split_thr")
-# losses that weigh easy negatives down themselves, so every anchor is used (no sampling)
-UNSAMPLED_LOSSES = ("FocalLoss", "GHMC", "QualityFocalLoss")
+from detlab.models.assigners import SamplingResult
+from detlab.models.heads.base_dense_head import BaseDenseHead, DensePriors, GroundTruth
+from detlab.models.heads.postprocess import class_probabilities, levels_to_rows
 
 RawOutputs = tuple[list[torch.Tensor], list[torch.Tensor]]
 
@@ -56,6 +42,8 @@ class AnchorTargets:
         num_pos, num_neg: per image.
         avg_factor: what the summed losses are divided by (MMDetection: the number of positives,
             at least 1 per image; plus negatives when sampling).
+        sampling_results: per image, the sampled anchors (indices into the image's anchors
+            inside the image), or None for an image without any.
     """
 
     labels: torch.Tensor
@@ -65,31 +53,10 @@ class AnchorTargets:
     num_pos: list[int]
     num_neg: list[int]
     avg_factor: float
+    sampling_results: list[SamplingResult | None]
 
 
-def _check_keys(cfg: Mapping | None, allowed: Sequence[str], where: str) -> dict[str, Any]:
-    if cfg is None:
-        return {}
-    if not isinstance(cfg, Mapping):
-        raise ConfigError(f"{where} must be a dict, got {cfg!r}")
-    for key in cfg:
-        if key not in allowed:
-            raise ConfigError(f"{where} has no key {key!r}.{did_you_mean(key, allowed)} It "
-                              f"accepts: {', '.join(allowed)}.")
-    return thaw(cfg)
-
-
-def _check_test_cfg(cfg: Mapping | None) -> dict[str, Any]:
-    cfg = _check_keys(cfg, TEST_CFG_KEYS, "test_cfg (model.test_cfg)")
-    if "nms" in cfg:
-        nms_cfg = _check_keys(cfg["nms"], NMS_KEYS, "test_cfg.nms (model.test_cfg.nms)")
-        if nms_cfg.get("type", "nms") != "nms" or "iou_threshold" not in nms_cfg:
-            raise ConfigError(f"model.test_cfg.nms must be dict(type='nms', iou_threshold=...) "
-                              f"(detlab runs torchvision's NMS), got {nms_cfg!r}")
-    return cfg
-
-
-class AnchorHead(nn.Module):
+class AnchorHead(BaseDenseHead):
     """Shared machinery of anchor-based dense heads (not a head by itself: subclasses add
     layers and ``forward_single``).
 
@@ -98,169 +65,110 @@ class AnchorHead(nn.Module):
         in_channels: channels of the input feature maps.
         feat_channels: channels of the hidden convs.
         anchor_generator: anchor generator (config or object with ``grid_priors``,
-            ``valid_flags``, ``num_base_priors``, ``num_levels``).
+            ``valid_flags``, ``num_base_priors``, ``num_levels``); kept as
+            :attr:`prior_generator`.
         bbox_coder: box coder (config or object with ``encode`` / ``decode``).
         reg_decoded_bbox: regress decoded xyxy boxes (for IoU-type losses) instead of deltas.
         loss_cls, loss_bbox: losses (config or module).
         train_cfg: ``assigner``, ``sampler``, ``allowed_border``, ``pos_weight``, ``debug``.
         test_cfg: ``nms_pre``, ``score_thr``, ``nms``, ``min_bbox_size``, ``max_per_img``.
+        init_cfg: weight initialization (see :meth:`BaseDenseHead.init_weights`).
     """
 
     def __init__(self, num_classes: int, in_channels: int, feat_channels: int,
                  anchor_generator: Mapping | Any, bbox_coder: Mapping | Any,
                  reg_decoded_bbox: bool, loss_cls: Mapping | nn.Module,
                  loss_bbox: Mapping | nn.Module, train_cfg: Mapping | None,
-                 test_cfg: Mapping | None) -> None:
-        super().__init__()
-        self.prior_generator = MODELS.build(anchor_generator)
-        self.bbox_coder = MODELS.build(bbox_coder)
-        self.loss_cls = MODELS.build(loss_cls)
-        self.loss_bbox = MODELS.build(loss_bbox)
-        self._check_components(num_classes)
-        self.num_classes, self.in_channels, self.feat_channels = num_classes, in_channels, \
-            feat_channels
-        self.reg_decoded_bbox = reg_decoded_bbox
-        self.use_sigmoid_cls = bool(getattr(self.loss_cls, "use_sigmoid", False))
-        self.cls_out_channels = num_classes if self.use_sigmoid_cls else num_classes + 1
-        self.num_base_priors = self.prior_generator.num_base_priors[0]
-        self.sampling = type(self.loss_cls).__name__ not in UNSAMPLED_LOSSES
-        self.train_cfg = _check_keys(train_cfg, TRAIN_CFG_KEYS, "train_cfg (model.train_cfg)")
-        self.test_cfg = _check_test_cfg(test_cfg)
-        self.assigner = self.sampler = None
-        if train_cfg is not None:
-            if "assigner" not in self.train_cfg:
-                raise ConfigError("model.train_cfg needs an assigner, e.g. assigner=dict("
-                                  "type='MaxIoUAssigner', pos_iou_thr=0.5, neg_iou_thr=0.4)")
-            self.assigner = MODELS.build(self.train_cfg["assigner"])
-            use_sampler = self.sampling and "sampler" in self.train_cfg
-            self.sampler = MODELS.build(self.train_cfg["sampler"]) if use_sampler \
-                else PseudoSampler()
-
-    def _check_components(self, num_classes: int) -> None:
-        if not isinstance(num_classes, int) or num_classes <= 0:
-            raise ConfigError(f"bbox_head num_classes must be a positive int (the number of "
-                              f"object classes, background excluded), got {num_classes!r}")
-        needs = dict(anchor_generator=(self.prior_generator, ("grid_priors", "valid_flags")),
-                     bbox_coder=(self.bbox_coder, ("encode", "decode")),
-                     loss_cls=(self.loss_cls, ("__call__",)),
-                     loss_bbox=(self.loss_bbox, ("__call__",)))
-        for key, (obj, methods) in needs.items():
-            usable = all(callable(getattr(obj, m, None)) for m in methods)
-            if not usable or isinstance(obj, Mapping):
-                raise ConfigError(f"bbox_head.{key} built a {type(obj).__name__}, which is not "
-                                  f"a {key.replace('_', ' ')} (it needs {', '.join(methods)})")
-        counts = set(self.prior_generator.num_base_priors)
-        if len(counts) != 1:
-            raise ConfigError(f"bbox_head.anchor_generator gives {sorted(counts)} anchors per "
-                              f"location on different levels; a head with shared convs needs "
-                              f"the same number on every level")
+                 test_cfg: Mapping | None,
+                 init_cfg: Mapping | Sequence[Mapping] | None = None) -> None:
+        super().__init__(num_classes=num_classes, in_channels=in_channels,
+                         prior_generator=anchor_generator, bbox_coder=bbox_coder,
+                         loss_cls=loss_cls, loss_bbox=loss_bbox, train_cfg=train_cfg,
+                         test_cfg=test_cfg, init_cfg=init_cfg)
+        self.feat_channels, self.reg_decoded_bbox = feat_channels, reg_decoded_bbox
+        if train_cfg is not None and self.assigner is None:
+            raise ConfigError("model.train_cfg needs an assigner, e.g. assigner=dict("
+                              "type='MaxIoUAssigner', pos_iou_thr=0.5, neg_iou_thr=0.4)")
 
     @property
     def anchor_generator(self) -> Any:
         """MMDetection's older name of :attr:`prior_generator`."""
         return self.prior_generator
 
-    # ---- forward -----------------------------------------------------------------------------
+    # ---- targets -----------------------------------------------------------------------------
 
-    def forward_single(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One level: ``(B, in_channels, H, W)`` -> ``(B, A*C, H, W)``, ``(B, A*4, H, W)``."""
-        raise NotImplementedError(f"{type(self).__name__} must define forward_single")
+    @torch.no_grad()
+    def assigner_predictions(self, cls_rows: torch.Tensor, reg_rows: torch.Tensor,
+                             anchors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the assigner may look at, detached: ``(B, A, C)`` class probabilities and
+        ``(B, A, 4)`` xyxy boxes, from ``(B, A, C)`` logits, ``(B, A, 4)`` deltas and ``(A, 4)``
+        anchors."""
+        boxes = self.decode_boxes(anchors.expand(len(reg_rows), -1, -1), reg_rows.float())
+        return class_probabilities(cls_rows.float(), self.use_sigmoid_cls), boxes
 
-    def forward(self, feats: Sequence[torch.Tensor]) -> RawOutputs:
-        """Feature maps of every level -> (classification maps, regression maps), one per
-        level."""
-        if len(feats) != self.prior_generator.num_levels:
-            raise ValueError(f"{type(self).__name__} got {len(feats)} feature maps but its "
-                             f"anchor generator has {self.prior_generator.num_levels} levels; "
-                             f"make bbox_head.anchor_generator.strides match neck.num_outs")
-        outs = [self.forward_single(x) for x in feats]
-        return [o[0] for o in outs], [o[1] for o in outs]
-
-    # ---- anchors and targets -----------------------------------------------------------------
-
-    def anchors_and_flags(self, cls_scores: Sequence[torch.Tensor],
-                          metas: Sequence[Mapping]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(A, 4)`` xyxy anchors of all levels, and ``(B, A)`` bool: inside each image's
-        padded area (``pad_shape``; anchors over the batch's extra padding are invalid)."""
-        sizes = [tuple(s.shape[-2:]) for s in cls_scores]
-        device = cls_scores[0].device
-        anchors = torch.cat(self.prior_generator.grid_priors(sizes, device=device))
-        flags = [torch.cat(self.prior_generator.valid_flags(sizes, _pad_shape(meta), device))
-                 for meta in metas]
-        return anchors, torch.stack(flags)
-
-    def get_targets(self, anchors: torch.Tensor, valid_flags: torch.Tensor,
-                    targets: Sequence[Mapping], metas: Sequence[Mapping]) -> AnchorTargets:
-        """Assign the ``(A, 4)`` anchors of each image (``valid_flags`` ``(B, A)``) to its
-        ``targets`` (``boxes`` ``(n, 4)`` xyxy, ``labels`` ``(n,)``, ``boxes_ignore``)."""
-        if self.assigner is None:
-            raise ConfigError(f"{type(self).__name__} was built without train_cfg, so it cannot "
-                              f"compute a loss; give the model a train_cfg with an assigner")
-        if not len(targets) == len(metas) == len(valid_flags):
-            raise ValueError(f"loss needs one target dict and one meta dict per image: got "
-                             f"{len(valid_flags)} images, {len(targets)} targets, "
-                             f"{len(metas)} metas")
-        per_image = [self._targets_single(anchors, valid_flags[i], targets[i], metas[i])
-                     for i in range(len(metas))]
-        labels, label_weights, bbox_targets, bbox_weights, num_pos, num_neg = \
-            zip(*per_image, strict=True)
+    def get_targets(self, priors: DensePriors, targets: Sequence[Mapping],
+                    metas: Sequence[Mapping], pred_scores: torch.Tensor | None = None,
+                    pred_bboxes: torch.Tensor | None = None) -> AnchorTargets:
+        """Assign the anchors of each image (valid in ``priors.valid``) to its ``targets``
+        (``boxes`` ``(n, 4)`` xyxy, ``labels`` ``(n,)``, ``boxes_ignore``); the assigner also
+        gets ``(B, A, C)`` ``pred_scores`` and ``(B, A, 4)`` ``pred_bboxes`` when given."""
+        self.check_trainable()
+        num_images = len(priors.valid)
+        gts = self.ground_truths(targets, metas, num_images, priors.priors.device)
+        per_image = [self.targets_per_image(
+            priors.priors, priors.valid[i], priors.num_level, gts[i], metas[i],
+            None if pred_scores is None else pred_scores[i],
+            None if pred_bboxes is None else pred_bboxes[i]) for i in range(num_images)]
+        labels, label_weights, bbox_targets, bbox_weights, samples = zip(*per_image, strict=True)
+        num_pos = [0 if s is None else len(s.pos_inds) for s in samples]
+        num_neg = [0 if s is None else len(s.neg_inds) for s in samples]
         avg_factor = sum(max(n, 1) for n in num_pos)
         if self.sampling:
             avg_factor += sum(max(n, 1) for n in num_neg)
         return AnchorTargets(torch.stack(labels), torch.stack(label_weights),
-                             torch.stack(bbox_targets), torch.stack(bbox_weights),
-                             list(num_pos), list(num_neg), float(avg_factor))
+                             torch.stack(bbox_targets), torch.stack(bbox_weights), num_pos,
+                             num_neg, float(avg_factor), list(samples))
 
-    def _targets_single(self, anchors: torch.Tensor, valid: torch.Tensor, target: Mapping,
-                        meta: Mapping) -> tuple:
-        """Targets of one image: labels ``(A,)``, label weights ``(A,)``, box targets and
-        weights ``(A, 4)``, number of positives and of negatives."""
-        gt_boxes, gt_labels, gt_ignore = self._unpack_target(target, meta, anchors)
+    def targets_per_image(self, anchors: torch.Tensor, valid: torch.Tensor,
+                          num_level: Sequence[int], gt: GroundTruth, meta: Mapping,
+                          pred_scores: torch.Tensor | None, pred_bboxes: torch.Tensor | None
+                          ) -> tuple:
+        """Targets of one image's ``(A, 4)`` anchors: labels ``(A,)``, label weights ``(A,)``,
+        box targets and weights ``(A, 4)``, and the sampling result (None: no anchor inside the
+        image). Only anchors inside the image (``allowed_border``) are assigned."""
         inside = anchor_inside_flags(anchors, valid, meta["img_shape"],
                                      self.train_cfg.get("allowed_border", -1))
         idx = torch.nonzero(inside).squeeze(1)
+        if idx.numel() == 0:
+            return (*self._empty_targets(anchors), None)
+        level_counts = torch.stack([f.sum() for f in inside.split(list(num_level))]).tolist()
+        sample = self.assign_per_image(
+            anchors[idx], gt, num_level_priors=level_counts,
+            pred_scores=None if pred_scores is None else pred_scores[idx],
+            pred_bboxes=None if pred_bboxes is None else pred_bboxes[idx])
+        return (*self._fill_targets(anchors, idx, sample, gt), sample)
+
+    def _empty_targets(self, anchors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         num = anchors.shape[0]
         labels = torch.full((num,), self.num_classes, dtype=torch.long, device=anchors.device)
-        label_weights = anchors.new_zeros(num)
-        bbox_targets, bbox_weights = anchors.new_zeros((num, 4)), anchors.new_zeros((num, 4))
-        if idx.numel() == 0:
-            return labels, label_weights, bbox_targets, bbox_weights, 0, 0
-        candidates = anchors[idx]
-        assign = self.assigner.assign(candidates, gt_boxes, gt_ignore,
-                                      None if self.sampling else gt_labels)
-        sample = self.sampler.sample(assign, candidates, gt_boxes)
+        return labels, anchors.new_zeros(num), anchors.new_zeros((num, 4)), \
+            anchors.new_zeros((num, 4))
+
+    def _fill_targets(self, anchors: torch.Tensor, idx: torch.Tensor, sample: SamplingResult,
+                      gt: GroundTruth) -> tuple[torch.Tensor, ...]:
+        """Labels, label weights, box targets and weights of all ``A`` anchors from the
+        sampling result of the anchors ``idx`` inside the image."""
+        labels, label_weights, bbox_targets, bbox_weights = self._empty_targets(anchors)
         pos, neg = idx[sample.pos_inds], idx[sample.neg_inds]
         if pos.numel() > 0:
             bbox_targets[pos] = sample.pos_gt_bboxes if self.reg_decoded_bbox \
                 else self.bbox_coder.encode(sample.pos_bboxes, sample.pos_gt_bboxes)
             bbox_weights[pos] = 1.0
-            labels[pos] = gt_labels[sample.pos_assigned_gt_inds]
+            labels[pos] = gt.labels[sample.pos_assigned_gt_inds]
             pos_weight = self.train_cfg.get("pos_weight", -1)
             label_weights[pos] = 1.0 if pos_weight <= 0 else float(pos_weight)
         label_weights[neg] = 1.0
-        return labels, label_weights, bbox_targets, bbox_weights, pos.numel(), neg.numel()
-
-    def _unpack_target(self, target: Mapping, meta: Mapping, anchors: torch.Tensor
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """``boxes`` ``(n, 4)``, ``labels`` ``(n,)`` and ``boxes_ignore`` ``(k, 4)`` or None,
-        checked, on the anchors' device."""
-        where = f"image {meta.get('img_id', '?')} ({meta.get('filename', 'no filename')})"
-        boxes = target.get("boxes")
-        boxes = anchors.new_zeros((0, 4)) if boxes is None else boxes.to(anchors)
-        labels = target.get("labels")
-        labels = torch.zeros(0, dtype=torch.long, device=anchors.device) if labels is None \
-            else labels.to(anchors.device).long()
-        if boxes.dim() != 2 or boxes.shape[1] != 4 or labels.shape != boxes.shape[:1]:
-            raise ValueError(f"{where}: targets need boxes (n, 4) and labels (n,), got boxes "
-                             f"{tuple(boxes.shape)} and labels {tuple(labels.shape)}")
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
-            raise ValueError(f"{where}: labels must be in 0..{self.num_classes - 1} "
-                             f"(bbox_head.num_classes={self.num_classes}), got "
-                             f"{sorted(set(labels.tolist()))}")
-        ignore = target.get("boxes_ignore")
-        ignore = ignore.to(anchors).reshape(-1, 4) if ignore is not None and ignore.numel() \
-            else None
-        return boxes, labels, ignore
+        return labels, label_weights, bbox_targets, bbox_weights
 
     # ---- loss ----------------------------------------------------------------------------------
 
@@ -268,94 +176,25 @@ class AnchorHead(nn.Module):
              metas: Sequence[Mapping]) -> dict[str, torch.Tensor]:
         """``loss_cls`` and ``loss_bbox`` of the raw outputs against the ground truth (one
         target dict and one meta dict per image)."""
-        anchors, valid = self.anchors_and_flags(raw[0], metas)
-        return self.loss_by_targets(raw, anchors, self.get_targets(anchors, valid, targets,
-                                                                   metas))
+        cls_scores, bbox_preds = raw[0], raw[1]
+        priors = self.get_priors(cls_scores, metas)
+        cls_rows = levels_to_rows(cls_scores, self.cls_out_channels)  # (B, A, C)
+        reg_rows = levels_to_rows(bbox_preds, 4)  # (B, A, 4)
+        scores, boxes = self.assigner_predictions(cls_rows, reg_rows, priors.priors)
+        t = self.get_targets(priors, targets, metas, pred_scores=scores, pred_bboxes=boxes)
+        return self.loss_by_targets(cls_rows, reg_rows, priors.priors, t)
 
-    def loss_by_targets(self, raw: RawOutputs, anchors: torch.Tensor,
-                        t: AnchorTargets) -> dict[str, torch.Tensor]:
+    def loss_by_targets(self, cls_rows: torch.Tensor, reg_rows: torch.Tensor,
+                        anchors: torch.Tensor, t: AnchorTargets) -> dict[str, torch.Tensor]:
         """Classification over every non-ignored anchor, regression over positives, both
-        divided by ``t.avg_factor``; computed over the whole batch at once."""
-        cls_scores, bbox_preds = raw
-        num_images = len(t.labels)
-        cls = levels_to_rows(cls_scores, self.cls_out_channels).reshape(-1, self.cls_out_channels)
-        reg = levels_to_rows(bbox_preds, 4).reshape(-1, 4)
+        divided by ``t.avg_factor``, over the whole batch at once: ``(B, A, C)`` logits and
+        ``(B, A, 4)`` deltas (:func:`levels_to_rows` of the raw maps), ``(A, 4)`` anchors."""
+        cls = cls_rows.reshape(-1, self.cls_out_channels)
+        reg = reg_rows.reshape(-1, 4)
         loss_cls = self.loss_cls(cls, t.labels.reshape(-1), t.label_weights.reshape(-1),
                                  avg_factor=t.avg_factor)
         if self.reg_decoded_bbox:
-            reg = self.bbox_coder.decode(anchors.expand(num_images, -1, -1).reshape(-1, 4), reg)
+            reg = self.decode_boxes(anchors.expand(len(reg_rows), -1, -1).reshape(-1, 4), reg)
         loss_bbox = self.loss_bbox(reg, t.bbox_targets.reshape(-1, 4),
                                    t.bbox_weights.reshape(-1, 4), avg_factor=t.avg_factor)
         return dict(loss_cls=loss_cls, loss_bbox=loss_bbox)
-
-    # ---- post-processing ---------------------------------------------------------------------
-
-    def predict(self, raw: RawOutputs, metas: Sequence[Mapping],
-                rescale: bool = True) -> list[DetResult]:
-        """Detections of each image: boxes in original-image pixels with ``rescale`` (clipped
-        to ``img_shape``, un-flipped, divided by ``scale_factor``), else in input pixels."""
-        if not self.test_cfg:
-            raise ConfigError(f"{type(self).__name__} was built without test_cfg; give the model "
-                              f"a test_cfg (nms_pre, score_thr, nms, max_per_img)")
-        cls_scores, bbox_preds = raw
-        sizes = [tuple(s.shape[-2:]) for s in cls_scores]
-        anchors = self.prior_generator.grid_priors(sizes, device=cls_scores[0].device)
-        results = []
-        for i, meta in enumerate(metas):
-            boxes, scores, labels = self.predict_single(
-                [c[i] for c in cls_scores], [b[i] for b in bbox_preds], anchors, meta)
-            if rescale:
-                boxes = boxes_to_original(boxes, meta)
-            results.append(DetResult(boxes, scores, labels, meta=result_meta(meta)))
-        return results
-
-    def predict_single(self, cls_scores: Sequence[torch.Tensor],
-                       bbox_preds: Sequence[torch.Tensor], anchors: Sequence[torch.Tensor],
-                       meta: Mapping) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One image: per level ``(A_l*C, H, W)`` scores, ``(A_l*4, H, W)`` deltas and
-        ``(H*W*A_l, 4)`` anchors -> boxes ``(n, 4)`` xyxy in input pixels, scores ``(n,)``,
-        labels ``(n,)`` after NMS."""
-        found = [self._candidates_per_level(c, b, a, meta["img_shape"])
-                 for c, b, a in zip(cls_scores, bbox_preds, anchors, strict=True)]
-        boxes, scores, labels = (torch.cat(parts) for parts in zip(*found, strict=True))
-        return self._nms(boxes, scores, labels)
-
-    def _candidates_per_level(self, cls_score: torch.Tensor, bbox_pred: torch.Tensor,
-                              anchors: torch.Tensor, img_shape: Sequence[int]
-                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The ``nms_pre`` best (anchor, class) pairs scoring above ``score_thr``, decoded."""
-        logits = cls_score.permute(1, 2, 0).reshape(-1, self.cls_out_channels).float()
-        scores = logits.sigmoid() if self.use_sigmoid_cls else logits.softmax(-1)[:, :-1]
-        deltas = bbox_pred.permute(1, 2, 0).reshape(-1, 4).float()
-        scores, labels, keep = filter_scores_and_topk(
-            scores, self.test_cfg.get("score_thr", 0.0), self.test_cfg.get("nms_pre", -1))
-        boxes = self.bbox_coder.decode(anchors[keep].float(), deltas[keep], max_shape=img_shape)
-        return boxes, scores, labels
-
-    def _nms(self, boxes: torch.Tensor, scores: torch.Tensor,
-             labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-class NMS (class-agnostic with ``nms.class_agnostic``), best ``max_per_img``."""
-        cfg = self.test_cfg
-        min_size = cfg.get("min_bbox_size", 0)
-        # 0 keeps every box, as MMDetection 2.x's dense heads do (3.x drops zero-width ones)
-        if min_size > 0:
-            wh = boxes[:, 2:] - boxes[:, :2]
-            big_enough = (wh[:, 0] > min_size) & (wh[:, 1] > min_size)
-            boxes, scores, labels = boxes[big_enough], scores[big_enough], labels[big_enough]
-        nms_cfg = cfg.get("nms", {"iou_threshold": 0.5})
-        if nms_cfg.get("class_agnostic", False):
-            keep = nms(boxes, scores, nms_cfg["iou_threshold"])
-        else:
-            keep = batched_nms(boxes, scores, labels, nms_cfg["iou_threshold"])
-        max_per_img = cfg.get("max_per_img", -1)
-        if max_per_img > 0:
-            keep = keep[:max_per_img]
-        return boxes[keep], scores[keep], labels[keep]
-
-
-def _pad_shape(meta: Mapping) -> Sequence[int]:
-    for key in ("pad_shape", "batch_input_shape", "img_shape"):
-        if meta.get(key) is not None:
-            return meta[key]
-    raise ValueError(f"image meta needs pad_shape (or img_shape) to place anchors; it has "
-                     f"{sorted(meta)}")

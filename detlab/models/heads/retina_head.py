@@ -11,7 +11,7 @@ from torch import nn
 
 from detlab.models.heads.anchor_head import AnchorHead
 from detlab.models.init import initialize
-from detlab.models.utils import ConvModule, frozen, thaw
+from detlab.models.utils import ConvModule, frozen
 from detlab.registry import MODELS
 
 RETINA_ANCHORS = frozen(type="AnchorGenerator", octave_base_scale=4, scales_per_octave=3,
@@ -41,7 +41,7 @@ class RetinaHead(AnchorHead):
         reg_decoded_bbox: regress decoded boxes (for IoU losses) instead of deltas.
         loss_cls: classification loss (default: focal loss, gamma 2, alpha 0.25).
         loss_bbox: regression loss (default: L1).
-        train_cfg, test_cfg: see :class:`AnchorHead`.
+        train_cfg, test_cfg: see :class:`AnchorHead`; ``test_cfg.nms`` may be ``soft_nms``.
         init_cfg: weight initialization (default: normal std 0.01, classifier bias prior 0.01).
     """
 
@@ -56,8 +56,8 @@ class RetinaHead(AnchorHead):
                          feat_channels=feat_channels, anchor_generator=anchor_generator,
                          bbox_coder=bbox_coder, reg_decoded_bbox=reg_decoded_bbox,
                          loss_cls=loss_cls, loss_bbox=loss_bbox, train_cfg=train_cfg,
-                         test_cfg=test_cfg)
-        self.stacked_convs, self.init_cfg = stacked_convs, thaw(init_cfg)
+                         test_cfg=test_cfg, init_cfg=init_cfg)
+        self.stacked_convs = stacked_convs
         self.cls_convs = self._tower(stacked_convs, conv_cfg, norm_cfg)
         self.reg_convs = self._tower(stacked_convs, conv_cfg, norm_cfg)
         channels = feat_channels if stacked_convs > 0 else in_channels
@@ -73,13 +73,10 @@ class RetinaHead(AnchorHead):
                        padding=1, conv_cfg=conv_cfg, norm_cfg=norm_cfg)
             for i in range(depth))
 
-    def init_weights(self) -> None:
-        """Apply ``init_cfg`` (normal std 0.01, classification bias prior 0.01 by default)."""
-        initialize(self, self.init_cfg)
-
-    def forward_single(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One level: ``(B, in_channels, H, W)`` -> scores ``(B, A*C, H, W)`` (logits) and
-        deltas ``(B, A*4, H, W)``."""
+    def forward_single(self, x: torch.Tensor,
+                       level: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """One level (the towers are shared: ``level`` is unused): ``(B, in_channels, H, W)`` ->
+        scores ``(B, A*C, H, W)`` (logits) and deltas ``(B, A*4, H, W)``."""
         cls_feat = reg_feat = x
         for conv in self.cls_convs:
             cls_feat = conv(cls_feat)
