@@ -486,10 +486,12 @@ def test_assigner_gets_level_counts_and_predictions():
         assert call["gt_labels"] is not None  # no sampling: the assigner gets the labels
 
 
-def test_an_assigner_that_needs_level_counts_drops_in_by_config():
-    if "ATSSAssigner" not in MODELS:
-        pytest.skip("no ATSSAssigner registered")
-    head = _retina(train_cfg=dict(TRAIN_CFG, assigner=dict(type="ATSSAssigner", topk=9)))
+@pytest.mark.parametrize("assigner", [dict(type="ATSSAssigner", topk=9),  # level counts
+                                      dict(type="TaskAlignedAssigner", topk=13)])  # predictions
+def test_assigners_that_need_more_drop_in_by_config(assigner):
+    if assigner["type"] not in MODELS:
+        pytest.skip(f"no {assigner['type']} registered")
+    head = _retina(train_cfg=dict(TRAIN_CFG, assigner=assigner))
     losses = head.loss(head(_tiny_feats()), [_target(BOXES, [0, 2]), _target()],
                        [_meta(), _meta()])
     assert losses["loss_cls"] > 0 and losses["loss_bbox"] > 0

@@ -100,25 +100,26 @@ class AnchorHead(BaseDenseHead):
     @torch.no_grad()
     def assigner_predictions(self, cls_rows: torch.Tensor, reg_rows: torch.Tensor,
                              anchors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """What the assigner may look at, detached: ``(B, A, C)`` class probabilities and
-        ``(B, A, 4)`` xyxy boxes, from ``(B, A, C)`` logits, ``(B, A, 4)`` deltas and ``(A, 4)``
+        """What the assigner may look at, detached: ``(N, C)`` class probabilities and
+        ``(N, 4)`` xyxy boxes, from ``(N, C)`` logits, ``(N, 4)`` deltas and ``(N, 4)``
         anchors."""
-        boxes = self.decode_boxes(anchors.expand(len(reg_rows), -1, -1), reg_rows.float())
+        boxes = self.decode_boxes(anchors, reg_rows.float())
         return class_probabilities(cls_rows.float(), self.use_sigmoid_cls), boxes
 
     def get_targets(self, priors: DensePriors, targets: Sequence[Mapping],
-                    metas: Sequence[Mapping], pred_scores: torch.Tensor | None = None,
-                    pred_bboxes: torch.Tensor | None = None) -> AnchorTargets:
+                    metas: Sequence[Mapping], cls_rows: torch.Tensor | None = None,
+                    reg_rows: torch.Tensor | None = None) -> AnchorTargets:
         """Assign the anchors of each image (valid in ``priors.valid``) to its ``targets``
-        (``boxes`` ``(n, 4)`` xyxy, ``labels`` ``(n,)``, ``boxes_ignore``); the assigner also
-        gets ``(B, A, C)`` ``pred_scores`` and ``(B, A, 4)`` ``pred_bboxes`` when given."""
+        (``boxes`` ``(n, 4)`` xyxy, ``labels`` ``(n,)``, ``boxes_ignore``). With the
+        ``(B, A, C)`` logits and ``(B, A, 4)`` deltas, the assigner also gets the predicted
+        probabilities and boxes of the anchors it assigns (computed image by image)."""
         self.check_trainable()
         num_images = len(priors.valid)
         gts = self.ground_truths(targets, metas, num_images, priors.priors.device)
         per_image = [self.targets_per_image(
             priors.priors, priors.valid[i], priors.num_level, gts[i], metas[i],
-            None if pred_scores is None else pred_scores[i],
-            None if pred_bboxes is None else pred_bboxes[i]) for i in range(num_images)]
+            None if cls_rows is None else cls_rows[i],
+            None if reg_rows is None else reg_rows[i]) for i in range(num_images)]
         labels, label_weights, bbox_targets, bbox_weights, samples = zip(*per_image, strict=True)
         num_pos = [0 if s is None else len(s.pos_inds) for s in samples]
         num_neg = [0 if s is None else len(s.neg_inds) for s in samples]
@@ -131,21 +132,24 @@ class AnchorHead(BaseDenseHead):
 
     def targets_per_image(self, anchors: torch.Tensor, valid: torch.Tensor,
                           num_level: Sequence[int], gt: GroundTruth, meta: Mapping,
-                          pred_scores: torch.Tensor | None, pred_bboxes: torch.Tensor | None
-                          ) -> tuple:
+                          cls_rows: torch.Tensor | None = None,
+                          reg_rows: torch.Tensor | None = None) -> tuple:
         """Targets of one image's ``(A, 4)`` anchors: labels ``(A,)``, label weights ``(A,)``,
         box targets and weights ``(A, 4)``, and the sampling result (None: no anchor inside the
-        image). Only anchors inside the image (``allowed_border``) are assigned."""
+        image). Only anchors inside the image (``allowed_border``) are assigned; the assigner
+        gets their count per level and, from the image's ``(A, C)`` logits and ``(A, 4)``
+        deltas, their predictions."""
         inside = anchor_inside_flags(anchors, valid, meta["img_shape"],
                                      self.train_cfg.get("allowed_border", -1))
         idx = torch.nonzero(inside).squeeze(1)
         if idx.numel() == 0:
             return (*self._empty_targets(anchors), None)
         level_counts = torch.stack([f.sum() for f in inside.split(list(num_level))]).tolist()
-        sample = self.assign_per_image(
-            anchors[idx], gt, num_level_priors=level_counts,
-            pred_scores=None if pred_scores is None else pred_scores[idx],
-            pred_bboxes=None if pred_bboxes is None else pred_bboxes[idx])
+        scores = boxes = None
+        if cls_rows is not None and reg_rows is not None:
+            scores, boxes = self.assigner_predictions(cls_rows[idx], reg_rows[idx], anchors[idx])
+        sample = self.assign_per_image(anchors[idx], gt, num_level_priors=level_counts,
+                                       pred_scores=scores, pred_bboxes=boxes)
         return (*self._fill_targets(anchors, idx, sample, gt), sample)
 
     def _empty_targets(self, anchors: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -180,8 +184,7 @@ class AnchorHead(BaseDenseHead):
         priors = self.get_priors(cls_scores, metas)
         cls_rows = levels_to_rows(cls_scores, self.cls_out_channels)  # (B, A, C)
         reg_rows = levels_to_rows(bbox_preds, 4)  # (B, A, 4)
-        scores, boxes = self.assigner_predictions(cls_rows, reg_rows, priors.priors)
-        t = self.get_targets(priors, targets, metas, pred_scores=scores, pred_bboxes=boxes)
+        t = self.get_targets(priors, targets, metas, cls_rows=cls_rows, reg_rows=reg_rows)
         return self.loss_by_targets(cls_rows, reg_rows, priors.priors, t)
 
     def loss_by_targets(self, cls_rows: torch.Tensor, reg_rows: torch.Tensor,
