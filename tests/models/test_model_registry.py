@@ -109,6 +109,97 @@ def run_iou(obj):
     assert obj(_boxes(3), _boxes(4)).shape == (3, 4)
 
 
+def run_soft_target_loss(module):
+    """Losses whose target is a score per class: Varifocal (IoU-weighted one-hot), GHMC
+    (binary targets, with label weights), KD (the teacher's logits)."""
+    pred = torch.randn(6, 3, requires_grad=True)
+    target = (torch.rand(6, 3) > 0.6).float() * torch.rand(6, 3)
+    if type(module).__name__ == "GHMC":
+        module(pred, (target > 0).float(), torch.ones(6, 3)).backward()
+    elif type(module).__name__ == "KnowledgeDistillationKLDivLoss":
+        module(pred, torch.randn(6, 3), avg_factor=6).backward()
+    else:
+        module(pred, target, avg_factor=2).backward()
+    assert pred.grad.abs().sum() > 0
+
+
+def run_quality_focal_loss(module):
+    pred = torch.randn(6, 3, requires_grad=True)
+    labels, quality = torch.tensor([0, 1, 2, 3, 3, 1]), torch.rand(6)
+    module(pred, (labels, quality), avg_factor=2).backward()
+    assert pred.grad.abs().sum() > 0
+
+
+def run_distribution_focal_loss(module):
+    pred = torch.randn(8, 17, requires_grad=True)  # (boxes x 4 sides, reg_max + 1 bins)
+    module(pred, torch.rand(8) * 15.9, avg_factor=2).backward()
+    assert pred.grad.abs().sum() > 0
+
+
+def run_gaussian_focal_loss(module):
+    pred = torch.rand(2, 3, 8, 8).clamp(0.01, 0.99).requires_grad_(True)  # a heatmap
+    target = torch.zeros(2, 3, 8, 8)
+    target[:, 1, 3, 4] = 1.0
+    target[:, 1, 2:5, 3:6] = torch.maximum(target[:, 1, 2:5, 3:6], torch.full((3, 3), 0.5))
+    module(pred, target, avg_factor=2).backward()
+    assert pred.grad.abs().sum() > 0
+
+
+def run_prior_generator(obj):
+    sizes = [(4, 4), (2, 2), (1, 1)][:obj.num_levels]
+    priors = obj.grid_priors(sizes)
+    flags = obj.valid_flags(sizes, (32, 32))
+    expected = [h * w * n for (h, w), n in zip(sizes, obj.num_base_priors, strict=True)]
+    assert [len(p) for p in priors] == [len(f) for f in flags] == expected
+
+
+def run_point_coder(obj):
+    gts = _boxes(4)
+    points = (gts[:, :2] + gts[:, 2:]) / 2  # inside their boxes
+    torch.testing.assert_close(obj.decode(points, obj.encode(points, gts)), gts, atol=1e-4,
+                               rtol=1e-4)
+
+
+def run_yolo_coder(obj):
+    priors = _boxes(4)
+    # boxes whose centers lie within a stride of the priors' (the coder clamps beyond that)
+    centers = (priors[:, :2] + priors[:, 2:]) / 2 + torch.rand(4, 2) * 6 - 3
+    half = (priors[:, 2:] - priors[:, :2]) * (torch.rand(4, 2) + 0.5) / 2
+    gts = torch.cat([centers - half, centers + half], dim=1)
+    deltas = obj.encode(priors, gts, 32)
+    torch.testing.assert_close(obj.decode(priors, deltas, 32), gts, atol=1e-3, rtol=1e-3)
+
+
+def run_legacy_coder(obj):
+    """MMDetection's legacy coder counts a box's size with +1: decoding an encoding gives the
+    box grown by half a pixel on each side."""
+    priors, gts = _boxes(4), _boxes(4)
+    grown = gts + torch.tensor([-0.5, -0.5, 0.5, 0.5])
+    torch.testing.assert_close(obj.decode(priors, obj.encode(priors, gts)), grown, atol=1e-4,
+                               rtol=1e-4)
+
+
+def run_assigner_with_predictions(obj):
+    """Every assigner through the one interface, given what the heads give: per-level counts,
+    probabilities and decoded boxes (points with strides for the point-based ones)."""
+    name = type(obj).__name__
+    boxes = _boxes(20)
+    priors = boxes
+    if name in ("SimOTAAssigner", "PointAssigner"):
+        centers = (boxes[:, :2] + boxes[:, 2:]) / 2
+        priors = torch.cat([centers, torch.full((20, 2), 8.0)], dim=1)
+    extra = {}
+    if name == "GridAssigner":
+        extra["responsible_flags"] = torch.rand(20) > 0.5
+    if name == "ApproxMaxIoUAssigner":
+        extra["approxs"] = boxes.repeat_interleave(3, dim=0) + torch.randn(60, 4) * 0.5
+    result = obj.assign(priors, _boxes(3), gt_labels=torch.tensor([0, 1, 0]),
+                        num_level_priors=[16, 4], pred_scores=torch.rand(20, 2),
+                        pred_bboxes=_boxes(20), **extra)
+    assert result.gt_inds.shape == (20,)
+    assert int((result.gt_inds >= 0).sum()) == 20 or name == "UniformAssigner"
+
+
 # name -> (small config, how to run it)
 COMPONENTS = {
     "ResNet": (dict(depth=18, frozen_stages=-1), run_resnet),
@@ -127,6 +218,52 @@ COMPONENTS = {
     "MaxIoUAssigner": (dict(pos_iou_thr=0.5, neg_iou_thr=0.4), run_assigner),
     "PseudoSampler": (dict(), run_sampler),
     "BboxOverlaps2D": (dict(), run_iou),
+    # losses
+    "CrossEntropyLoss": (dict(use_sigmoid=True), run_classification_loss),
+    "IoULoss": (dict(), run_regression_loss),
+    "BoundedIoULoss": (dict(), run_regression_loss),
+    "DIoULoss": (dict(), run_regression_loss),
+    "CIoULoss": (dict(), run_regression_loss),
+    "BalancedL1Loss": (dict(), run_regression_loss),
+    "MSELoss": (dict(), run_regression_loss),
+    "GHMR": (dict(), run_regression_loss),
+    "GHMC": (dict(), run_soft_target_loss),
+    "VarifocalLoss": (dict(), run_soft_target_loss),
+    "KnowledgeDistillationKLDivLoss": (dict(), run_soft_target_loss),
+    "QualityFocalLoss": (dict(), run_quality_focal_loss),
+    "DistributionFocalLoss": (dict(), run_distribution_focal_loss),
+    "GaussianFocalLoss": (dict(), run_gaussian_focal_loss),
+    # prior generators
+    "MlvlPointGenerator": (dict(strides=[8, 16]), run_prior_generator),
+    "LegacyAnchorGenerator": (dict(strides=[8, 16], ratios=[0.5, 2.0], scales=[4.0]),
+                              run_prior_generator),
+    "SSDAnchorGenerator": (dict(strides=[8, 16], ratios=[[2], [2, 3]], input_size=32,
+                                min_sizes=[8, 16], max_sizes=[16, 32]), run_prior_generator),
+    "LegacySSDAnchorGenerator": (dict(strides=[8, 16, 32], ratios=[[2], [2, 3], [2]],
+                                      input_size=300, basesize_ratio_range=(0.2, 0.9)),
+                                 run_prior_generator),
+    "YOLOAnchorGenerator": (dict(strides=[8, 16], base_sizes=[[(10, 13), (16, 30)],
+                                                              [(30, 61), (62, 45)]]),
+                            run_prior_generator),
+    # coders
+    "TBLRBBoxCoder": (dict(), run_coder),
+    "DistancePointBBoxCoder": (dict(clip_border=False), run_point_coder),
+    "YOLOBBoxCoder": (dict(), run_yolo_coder),
+    "LegacyDeltaXYWHBBoxCoder": (dict(), run_legacy_coder),
+    # assigners and samplers
+    "ATSSAssigner": (dict(topk=9), run_assigner_with_predictions),
+    "SimOTAAssigner": (dict(center_radius=2.5), run_assigner_with_predictions),
+    "TaskAlignedAssigner": (dict(topk=13), run_assigner_with_predictions),
+    "CenterRegionAssigner": (dict(pos_scale=0.2, neg_scale=0.5, min_pos_iof=0.01),
+                             run_assigner_with_predictions),
+    "UniformAssigner": (dict(pos_ignore_thr=0.15, neg_ignore_thr=0.7),
+                        run_assigner_with_predictions),
+    "GridAssigner": (dict(pos_iou_thr=0.5, neg_iou_thr=0.4, min_pos_iou=0),
+                     run_assigner_with_predictions),
+    "ApproxMaxIoUAssigner": (dict(pos_iou_thr=0.5, neg_iou_thr=0.4, min_pos_iou=0),
+                             run_assigner_with_predictions),
+    "PointAssigner": (dict(scale=4, pos_num=3), run_assigner_with_predictions),
+    "RandomSampler": (dict(num=8, pos_fraction=0.5, add_gt_as_proposals=False), run_sampler),
 }
 
 
