@@ -276,18 +276,6 @@ COMPONENTS = {
                                            regress_ranges=[(-1, 16), (16, 1e8)],
                                            norm_cfg=dict(type="GN", num_groups=4))),
              run_detector),
-    # FCOS
-    "FCOSHead": (dict(num_classes=2, in_channels=8, feat_channels=8, stacked_convs=1,
-                      strides=[8, 16], regress_ranges=[(-1, 16), (16, 1e8)],
-                      center_sampling=True, norm_on_bbox=True, centerness_on_reg=True,
-                      norm_cfg=dict(type="GN", num_groups=4, requires_grad=True),
-                      loss_bbox=dict(type="GIoULoss", loss_weight=1.0), test_cfg=TEST_CFG),
-                 run_head),
-    "FCOS": (dict(DETECTOR, bbox_head=dict(type="FCOSHead", num_classes=2, in_channels=8,
-                                           feat_channels=8, stacked_convs=1, strides=[8, 16],
-                                           regress_ranges=[(-1, 16), (16, 1e8)],
-                                           norm_cfg=dict(type="GN", num_groups=4))),
-             run_detector),
 }
 
 

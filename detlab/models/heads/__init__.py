@@ -78,7 +78,6 @@ from detlab.models.heads.base_dense_head import (
     unpack_targets,
 )
 from detlab.models.heads.fcos_head import FCOSHead
-from detlab.models.heads.fcos_head import FCOSHead
 from detlab.models.heads.nms import batched_soft_nms, multiclass_nms
 from detlab.models.heads.postprocess import dense_postprocess
 from detlab.models.heads.retina_head import RetinaHead
@@ -86,5 +85,4 @@ from detlab.models.heads.retina_head import RetinaHead
 __all__ = ["AnchorFreeHead", "AnchorHead", "AnchorTargets", "BaseDenseHead", "DensePriors",
            "GroundTruth", "RetinaHead", "batched_soft_nms", "dense_postprocess",
            "multiclass_nms", "unpack_targets"]
-__all__ += ["FCOSHead"]
 __all__ += ["FCOSHead"]
