@@ -1,8 +1,10 @@
 """Detectors: the model a config's ``model=dict(type=...)`` builds."""
 
+from detlab.models.detectors.atss import ATSS
 from detlab.models.detectors.fcos import FCOS
 from detlab.models.detectors.retinanet import RetinaNet
 from detlab.models.detectors.single_stage import SingleStageDetector
 
 __all__ = ["RetinaNet", "SingleStageDetector"]
 __all__ += ["FCOS"]
+__all__ += ["ATSS"]

@@ -71,6 +71,7 @@ YOLOX's best class per point with the objectness inside the threshold) keep thei
 
 from detlab.models.heads.anchor_free_head import AnchorFreeHead
 from detlab.models.heads.anchor_head import AnchorHead, AnchorTargets
+from detlab.models.heads.atss_head import ATSSHead
 from detlab.models.heads.base_dense_head import (
     BaseDenseHead,
     DensePriors,
@@ -86,3 +87,4 @@ __all__ = ["AnchorFreeHead", "AnchorHead", "AnchorTargets", "BaseDenseHead", "De
            "GroundTruth", "RetinaHead", "batched_soft_nms", "dense_postprocess",
            "multiclass_nms", "unpack_targets"]
 __all__ += ["FCOSHead"]
+__all__ += ["ATSSHead"]
