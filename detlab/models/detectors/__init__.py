@@ -6,5 +6,9 @@ from detlab.models.detectors.retinanet import RetinaNet
 from detlab.models.detectors.single_stage import SingleStageDetector
 
 __all__ = ["RetinaNet", "SingleStageDetector"]
+
+from detlab.models.detectors.gfl import GFL  # noqa: E402
+
+__all__ += ["GFL"]
 __all__ += ["FCOS"]
 __all__ += ["ATSS"]

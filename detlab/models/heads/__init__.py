@@ -86,5 +86,9 @@ from detlab.models.heads.retina_head import RetinaHead
 __all__ = ["AnchorFreeHead", "AnchorHead", "AnchorTargets", "BaseDenseHead", "DensePriors",
            "GroundTruth", "RetinaHead", "batched_soft_nms", "dense_postprocess",
            "multiclass_nms", "unpack_targets"]
+
+from detlab.models.heads.gfl_head import GFLHead, Integral  # noqa: E402
+
+__all__ += ["GFLHead", "Integral"]
 __all__ += ["FCOSHead"]
 __all__ += ["ATSSHead"]
