@@ -202,3 +202,16 @@ class ConvModule(nn.Module):
             elif step == "act" and self.with_activation:
                 x = self.activate(x)
         return x
+
+
+class Scale(nn.Module):
+    """A learnable scalar the input is multiplied by (mmcv's ``Scale``: parameter ``scale``, a
+    0-dim tensor), one per level in FCOS-like heads."""
+
+    def __init__(self, scale: float = 1.0) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(scale, dtype=torch.float))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` times the scale."""
+        return x * self.scale

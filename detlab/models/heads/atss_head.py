@@ -20,10 +20,10 @@ from detlab.config import ConfigError
 from detlab.dist import reduce_mean
 from detlab.models.assigners import PseudoSampler
 from detlab.models.heads.anchor_head import AnchorHead, AnchorTargets
-from detlab.models.heads.fcos_head import GN_32, SIGMOID_BCE, Scale, centerness_target
+from detlab.models.heads.fcos_head import GN_32, SIGMOID_BCE, centerness_target
 from detlab.models.heads.postprocess import levels_to_rows
 from detlab.models.init import initialize
-from detlab.models.utils import ConvModule, frozen
+from detlab.models.utils import ConvModule, Scale, frozen
 from detlab.registry import MODELS
 
 # MMDetection's AnchorHead defaults, which an ATSSHead config without these keys gets

@@ -38,7 +38,7 @@ from detlab.models.heads.anchor_free_head import (
 from detlab.models.heads.base_dense_head import GroundTruth
 from detlab.models.heads.postprocess import levels_to_rows
 from detlab.models.init import initialize
-from detlab.models.utils import frozen
+from detlab.models.utils import Scale, frozen
 from detlab.registry import MODELS
 from detlab.structures import DetResult
 
@@ -48,19 +48,6 @@ SIGMOID_BCE = frozen(type="CrossEntropyLoss", use_sigmoid=True, loss_weight=1.0)
 GN_32 = frozen(type="GN", num_groups=32, requires_grad=True)
 
 RawOutputs = tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]
-
-
-class Scale(nn.Module):
-    """A learnable scalar the input is multiplied by (mmcv's ``Scale``; parameter ``scale``,
-    a 0-dim tensor)."""
-
-    def __init__(self, scale: float = 1.0) -> None:
-        super().__init__()
-        self.scale = nn.Parameter(torch.tensor(scale, dtype=torch.float))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` times the scale."""
-        return x * self.scale
 
 
 def centerness_target(distances: torch.Tensor) -> torch.Tensor:

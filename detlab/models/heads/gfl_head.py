@@ -30,7 +30,7 @@ from detlab.models.heads.anchor_head import AnchorHead, AnchorTargets
 from detlab.models.heads.postprocess import levels_to_rows
 from detlab.models.init import initialize
 from detlab.models.losses import aligned_bbox_overlaps
-from detlab.models.utils import ConvModule, frozen
+from detlab.models.utils import ConvModule, Scale, frozen
 from detlab.registry import MODELS
 from detlab.structures import DetResult
 
@@ -46,17 +46,6 @@ DFL = frozen(type="DistributionFocalLoss", loss_weight=0.25)
 # normal(0, 0.01) convs; the classifier's bias starts every score at the 0.01 prior
 GFL_INIT = frozen(type="Normal", layer="Conv2d", std=0.01,
                   override=frozen(type="Normal", name="gfl_cls", std=0.01, bias_prob=0.01))
-
-
-class Scale(nn.Module):
-    """A learnable scalar multiplier (parameter ``scale``), one per level in FCOS-like heads."""
-
-    def __init__(self, scale: float = 1.0) -> None:
-        super().__init__()
-        self.scale = nn.Parameter(torch.tensor(scale, dtype=torch.float))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.scale
 
 
 class Integral(nn.Module):
