@@ -317,6 +317,10 @@ COMPONENTS = {
                                            loss_bbox=dict(type="GIoULoss", loss_weight=2.0)),
                   train_cfg=dict(TRAIN_CFG, assigner=dict(type="ATSSAssigner", topk=9))),
              run_detector),
+    # FreeAnchor (its losses are the two bag terms, not loss_cls / loss_bbox)
+    "FreeAnchorRetinaHead": (dict({k: v for k, v in HEAD.items() if k != "type"},
+                                  pre_anchor_topk=5),  # the small maps have 20 anchors
+                             lambda module: run_bag_head(module)),
 }
 
 
@@ -341,3 +345,14 @@ def test_builds_runs_and_every_trainable_parameter_gets_a_gradient(name):
         missing = [n for n, p in obj.named_parameters() if p.requires_grad and p.grad is None]
         assert not missing, f"{name}: no gradient for {missing}"
         assert all(torch.isfinite(p.grad).all() for p in obj.parameters() if p.grad is not None)
+
+
+def run_bag_head(module):
+    """FreeAnchor's head: both bag losses positive, a gradient to both branches."""
+    raw = module([torch.randn(2, 8, 4, 4), torch.randn(2, 8, 2, 2)])
+    batch = _batch()
+    losses = module.loss(raw, batch.targets, batch.metas)
+    assert set(losses) == {"loss_positive_bag", "loss_negative_bag"}
+    assert all(v > 0 for v in losses.values())
+    sum(losses.values()).backward()
+    assert len(module.predict(raw, batch.metas)) == 2

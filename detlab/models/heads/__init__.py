@@ -92,3 +92,7 @@ from detlab.models.heads.gfl_head import GFLHead, Integral  # noqa: E402
 __all__ += ["GFLHead", "Integral"]
 __all__ += ["FCOSHead"]
 __all__ += ["ATSSHead"]
+
+from detlab.models.heads.free_anchor_retina_head import FreeAnchorRetinaHead  # noqa: E402
+
+__all__ += ["FreeAnchorRetinaHead"]
