@@ -12,3 +12,7 @@ from detlab.models.detectors.gfl import GFL  # noqa: E402
 __all__ += ["GFL"]
 __all__ += ["FCOS"]
 __all__ += ["ATSS"]
+
+from detlab.models.detectors.tood import TOOD  # noqa: E402
+
+__all__ += ["TOOD"]

@@ -96,3 +96,7 @@ __all__ += ["ATSSHead"]
 from detlab.models.heads.free_anchor_retina_head import FreeAnchorRetinaHead  # noqa: E402
 
 __all__ += ["FreeAnchorRetinaHead"]
+
+from detlab.models.heads.tood_head import TOODHead  # noqa: E402
+
+__all__ += ["TOODHead"]
