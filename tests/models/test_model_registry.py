@@ -349,6 +349,18 @@ COMPONENTS = {
     "FreeAnchorRetinaHead": (dict({k: v for k, v in HEAD.items() if k != "type"},
                                   pre_anchor_topk=5),  # the small maps have 20 anchors
                              lambda module: run_bag_head(module)),
+    # FoveaBox
+    "FoveaHead": (dict(num_classes=2, in_channels=8, feat_channels=8, stacked_convs=1,
+                       strides=[8, 16], base_edge_list=[16, 32],
+                       scale_ranges=((1, 32), (16, 64)),
+                       loss_bbox=dict(type="SmoothL1Loss", beta=0.11), test_cfg=TEST_CFG),
+                  run_head),
+    "FOVEA": (dict(DETECTOR, bbox_head=dict(type="FoveaHead", num_classes=2, in_channels=8,
+                                            feat_channels=8, stacked_convs=1, strides=[8, 16],
+                                            base_edge_list=[16, 32],
+                                            scale_ranges=((1, 32), (16, 64)),
+                                            loss_bbox=dict(type="SmoothL1Loss", beta=0.11))),
+              run_detector),
 }
 
 

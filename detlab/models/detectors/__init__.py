@@ -16,3 +16,7 @@ __all__ += ["ATSS"]
 from detlab.models.detectors.tood import TOOD  # noqa: E402
 
 __all__ += ["TOOD"]
+
+from detlab.models.detectors.fovea import FOVEA  # noqa: E402
+
+__all__ += ["FOVEA"]

@@ -100,3 +100,7 @@ __all__ += ["FreeAnchorRetinaHead"]
 from detlab.models.heads.tood_head import TOODHead  # noqa: E402
 
 __all__ += ["TOODHead"]
+
+from detlab.models.heads.fovea_head import FoveaHead  # noqa: E402
+
+__all__ += ["FoveaHead"]
