@@ -361,6 +361,21 @@ COMPONENTS = {
                                             scale_ranges=((1, 32), (16, 64)),
                                             loss_bbox=dict(type="SmoothL1Loss", beta=0.11))),
               run_detector),
+    # YOLOX
+    "CSPDarknet": (dict(deepen_factor=0.33, widen_factor=0.125), run_resnet),
+    "YOLOXPAFPN": (dict(in_channels=[4, 8], out_channels=8, num_csp_blocks=1), run_fpn),
+    "YOLOXHead": (dict(num_classes=2, in_channels=8, feat_channels=8, strides=[8, 16],
+                       train_cfg=dict(assigner=dict(type="SimOTAAssigner")),
+                       test_cfg=dict(score_thr=0.01, nms=dict(type="nms", iou_threshold=0.65))),
+                  lambda module: (setattr(module, "use_l1", True), run_head(module))),
+    "YOLOX": (dict(backbone=dict(type="CSPDarknet", deepen_factor=0.33, widen_factor=0.125),
+                   neck=dict(type="YOLOXPAFPN", in_channels=[32, 64, 128], out_channels=8,
+                             num_csp_blocks=1),
+                   bbox_head=dict(type="YOLOXHead", num_classes=2, in_channels=8,
+                                  feat_channels=8),
+                   train_cfg=dict(assigner=dict(type="SimOTAAssigner")),
+                   test_cfg=dict(score_thr=0.01, nms=dict(type="nms", iou_threshold=0.65))),
+              run_detector),
 }
 
 

@@ -3,3 +3,7 @@
 from detlab.models.backbones.resnet import ResNet
 
 __all__ = ["ResNet"]
+
+from detlab.models.backbones.csp_darknet import CSPDarknet  # noqa: E402
+
+__all__ += ["CSPDarknet"]

@@ -20,3 +20,7 @@ __all__ += ["TOOD"]
 from detlab.models.detectors.fovea import FOVEA  # noqa: E402
 
 __all__ += ["FOVEA"]
+
+from detlab.models.detectors.yolox import YOLOX  # noqa: E402
+
+__all__ += ["YOLOX"]

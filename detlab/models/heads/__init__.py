@@ -104,3 +104,7 @@ __all__ += ["TOODHead"]
 from detlab.models.heads.fovea_head import FoveaHead  # noqa: E402
 
 __all__ += ["FoveaHead"]
+
+from detlab.models.heads.yolox_head import YOLOXHead  # noqa: E402
+
+__all__ += ["YOLOXHead"]

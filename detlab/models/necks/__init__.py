@@ -3,3 +3,7 @@
 from detlab.models.necks.fpn import FPN
 
 __all__ = ["FPN"]
+
+from detlab.models.necks.yolox_pafpn import YOLOXPAFPN  # noqa: E402
+
+__all__ += ["YOLOXPAFPN"]
