@@ -376,6 +376,17 @@ COMPONENTS = {
                    train_cfg=dict(assigner=dict(type="SimOTAAssigner")),
                    test_cfg=dict(score_thr=0.01, nms=dict(type="nms", iou_threshold=0.65))),
               run_detector),
+    # SSD
+    "SSDVGG": (dict(depth=11, out_feature_indices=(12, 24)), run_resnet),
+    "SSDNeck": (dict(in_channels=(4, 8), out_channels=(4, 8, 8), level_strides=(2,),
+                     level_paddings=(1,)),
+                run_fpn),
+    "SSDHead": (dict(num_classes=2, in_channels=(8, 8),
+                     anchor_generator=dict(type="SSDAnchorGenerator", scale_major=False,
+                                           strides=[8, 16], ratios=[[2], [2]],
+                                           min_sizes=[8, 16], max_sizes=[16, 32]),
+                     train_cfg=dict(TRAIN_CFG, neg_pos_ratio=3, smoothl1_beta=1.0),
+                     test_cfg=TEST_CFG), run_head),
 }
 
 

@@ -4,6 +4,10 @@ from detlab.models.backbones.resnet import ResNet
 
 __all__ = ["ResNet"]
 
+from detlab.models.backbones.ssd_vgg import SSDVGG  # noqa: E402
+
+__all__ += ["SSDVGG"]
+
 from detlab.models.backbones.csp_darknet import CSPDarknet  # noqa: E402
 
 __all__ += ["CSPDarknet"]

@@ -105,6 +105,10 @@ from detlab.models.heads.fovea_head import FoveaHead  # noqa: E402
 
 __all__ += ["FoveaHead"]
 
+from detlab.models.heads.ssd_head import SSDHead  # noqa: E402
+
+__all__ += ["SSDHead"]
+
 from detlab.models.heads.yolox_head import YOLOXHead  # noqa: E402
 
 __all__ += ["YOLOXHead"]

@@ -4,6 +4,10 @@ from detlab.models.necks.fpn import FPN
 
 __all__ = ["FPN"]
 
+from detlab.models.necks.ssd_neck import SSDNeck  # noqa: E402
+
+__all__ += ["SSDNeck"]
+
 from detlab.models.necks.yolox_pafpn import YOLOXPAFPN  # noqa: E402
 
 __all__ += ["YOLOXPAFPN"]
