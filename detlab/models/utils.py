@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from detlab.config import ConfigError, did_you_mean
+from detlab.models.ops.deform_conv import DeformConv2dPack, ModulatedDeformConv2dPack
 
 
 def frozen(**kwargs: Any) -> Mapping[str, Any]:
@@ -110,14 +111,32 @@ def build_activation_layer(cfg: Mapping[str, Any], inplace: bool = True) -> nn.M
         raise ConfigError(f"act_cfg {dict(cfg)!r}: {err}") from err
 
 
-def build_conv_layer(cfg: Mapping[str, Any] | None, *args: Any, **kwargs: Any) -> nn.Conv2d:
-    """A 2D convolution; ``conv_cfg`` is None or ``dict(type='Conv2d' | 'Conv')`` (plain
-    convolutions only: detlab has no compiled deformable ops)."""
+# conv_cfg type -> the layer class; Conv2d / Conv are plain convolutions, DCN / DCNv2 the
+# deformable ones under mmcv's registered names
+_CONV_LAYERS: dict[str, type[nn.Module]] = {
+    "Conv2d": nn.Conv2d, "Conv": nn.Conv2d,
+    "DCN": DeformConv2dPack, "DCNv2": ModulatedDeformConv2dPack,
+}
+CONV_TYPES = tuple(_CONV_LAYERS)
+
+
+def build_conv_layer(cfg: Mapping[str, Any] | None, *args: Any, **kwargs: Any) -> nn.Module:
+    """A 2D convolution from ``conv_cfg``: None or ``dict(type='Conv2d' | 'Conv')`` is a plain
+    ``nn.Conv2d``; ``dict(type='DCN', deform_groups=1)`` a
+    :class:`~detlab.models.ops.DeformConv2dPack` (no bias) and ``dict(type='DCNv2',
+    deform_groups=1)`` a :class:`~detlab.models.ops.ModulatedDeformConv2dPack`, both computed by
+    ``torchvision.ops.deform_conv2d``. The config's other keys go to the layer, over
+    ``kwargs``."""
+    layer_type = "Conv2d"
     if cfg is not None:
-        _check_cfg(cfg, "conv_cfg", ("Conv2d", "Conv"))
+        _check_cfg(cfg, "conv_cfg", CONV_TYPES)
+        layer_type = cfg["type"]
         extra = {k: v for k, v in cfg.items() if k != "type"}
         kwargs = {**kwargs, **extra}
-    return nn.Conv2d(*args, **kwargs)
+    try:
+        return _CONV_LAYERS[layer_type](*args, **kwargs)
+    except TypeError as err:
+        raise ConfigError(f"conv_cfg {dict(cfg or {})!r}: {err}") from err
 
 
 def kaiming_init(module: nn.Module, a: float = 0.0, mode: str = "fan_out",
@@ -145,7 +164,8 @@ class ConvModule(nn.Module):
     Args:
         in_channels, out_channels, kernel_size, stride, padding, dilation, groups: as Conv2d.
         bias: ``'auto'`` gives the conv a bias only when there is no norm layer.
-        conv_cfg: None or ``dict(type='Conv2d')``.
+        conv_cfg: None, ``dict(type='Conv2d')``, or a deformable conv ``dict(type='DCN' |
+            'DCNv2', deform_groups=1)`` (see :func:`build_conv_layer`).
         norm_cfg: None or a norm config (see :func:`build_norm_layer`).
         act_cfg: an activation config, or None for no activation.
         inplace: whether the activation works in place.
@@ -185,10 +205,12 @@ class ConvModule(nn.Module):
         return getattr(self, self.norm_name) if self.norm_name else None
 
     def init_weights(self) -> None:
-        """mmcv's default: He init for the conv, weight 1 / bias 0 for the norm layer."""
-        leaky = self.with_activation and isinstance(self.activate, nn.LeakyReLU)
-        kaiming_init(self.conv, a=self.activate.negative_slope if leaky else 0.0,
-                     nonlinearity="leaky_relu" if leaky else "relu")
+        """mmcv's default: He init for the conv (unless the conv has its own
+        ``init_weights``, as DCNv2 has), weight 1 / bias 0 for the norm layer."""
+        if not hasattr(self.conv, "init_weights"):
+            leaky = self.with_activation and isinstance(self.activate, nn.LeakyReLU)
+            kaiming_init(self.conv, a=self.activate.negative_slope if leaky else 0.0,
+                         nonlinearity="leaky_relu" if leaky else "relu")
         if self.with_norm:
             constant_init(self.norm, 1.0, bias=0.0)
 

@@ -425,9 +425,9 @@ def test_anchor_free_head_errors():
     with pytest.raises(ConfigError, match="conv_bias"):
         AnchorFreeHead(NUM_CLASSES, 8, conv_bias="yes", bbox_coder=dict(
             type="DistancePointBBoxCoder"), loss_bbox=dict(type="GIoULoss"))
-    with pytest.raises(ConfigError, match="dcn_on_last_conv.*DCNv2"):
-        AnchorFreeHead(NUM_CLASSES, 8, dcn_on_last_conv=True,
-                       loss_bbox=dict(type="GIoULoss"))
+    deformable = AnchorFreeHead(NUM_CLASSES, 8, dcn_on_last_conv=True,
+                                loss_bbox=dict(type="GIoULoss"))
+    assert type(deformable.reg_convs[-1].conv).__name__ == "ModulatedDeformConv2dPack"
     with pytest.raises(NotImplementedError, match="loss"):
         head = AnchorFreeHead(NUM_CLASSES, 8, stacked_convs=1, feat_channels=8,
                               strides=(8, 16), loss_bbox=dict(type="GIoULoss"))

@@ -122,8 +122,9 @@ def test_smallest_box_wins_and_equal_areas_go_to_the_first():
 def test_configuration_errors():
     with pytest.raises(ConfigError, match="regress_ranges"):
         FCOSHead(3, 8, strides=(8, 16), regress_ranges=((-1, 64),))
-    with pytest.raises(ConfigError, match="dcn_on_last_conv"):
-        FCOSHead(3, 8, dcn_on_last_conv=True)
+    # dcn_on_last_conv builds (a DCNv2 last tower conv; see tests/models/test_deform_conv.py)
+    assert type(FCOSHead(3, 8, dcn_on_last_conv=True).cls_convs[-1].conv).__name__ == \
+        "ModulatedDeformConv2dPack"
 
 
 # ---- MMDetection's model, its weights in detlab's ------------------------------------------

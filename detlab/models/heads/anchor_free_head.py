@@ -79,24 +79,18 @@ class AnchorFreeHead(BaseDenseHead):
         self.conv_reg = nn.Conv2d(feat_channels, 4, 3, padding=1)
 
     def _tower(self) -> nn.ModuleList:
-        """``stacked_convs`` 3x3 ConvModules; the last one deformable with
-        ``dcn_on_last_conv``."""
+        """``stacked_convs`` 3x3 ConvModules; with ``dcn_on_last_conv`` the last one is a
+        modulated deformable conv (``conv_cfg=dict(type='DCNv2')``, whatever ``conv_cfg`` says,
+        as MMDetection builds it)."""
         layers = nn.ModuleList()
         for i in range(self.stacked_convs):
             last = i == self.stacked_convs - 1
             deformable = self.dcn_on_last_conv and last
             conv_cfg = dict(type="DCNv2") if deformable else self.conv_cfg
-            try:
-                layers.append(ConvModule(self.in_channels if i == 0 else self.feat_channels,
-                                         self.feat_channels, 3, stride=1, padding=1,
-                                         conv_cfg=conv_cfg, norm_cfg=self.norm_cfg,
-                                         bias=self.conv_bias))
-            except ConfigError as err:
-                if not deformable:
-                    raise
-                raise ConfigError(f"bbox_head.dcn_on_last_conv=True asks for a deformable "
-                                  f"conv (DCNv2) that detlab's conv layers cannot build yet: "
-                                  f"{err}. Set dcn_on_last_conv=False.") from err
+            layers.append(ConvModule(self.in_channels if i == 0 else self.feat_channels,
+                                     self.feat_channels, 3, stride=1, padding=1,
+                                     conv_cfg=conv_cfg, norm_cfg=self.norm_cfg,
+                                     bias=self.conv_bias))
         return layers
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
