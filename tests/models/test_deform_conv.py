@@ -1,6 +1,6 @@
 """Deformable convolutions (DCN, DCNv2): mmcv's formula and parameter names, computed with
-``torchvision.ops.deform_conv2d``; FCOS-like heads' ``dcn_on_last_conv`` as MMDetection 2.28
-builds it."""
+``torchvision.ops.deform_conv2d``; the ResNet ``dcn=`` stages and FCOS-like heads'
+``dcn_on_last_conv`` as MMDetection 2.28 builds them."""
 
 from __future__ import annotations
 
@@ -14,13 +14,10 @@ from torch import nn
 
 from detlab.config import ConfigError
 from detlab.engine.optim import is_deformable_conv
+from detlab.models.backbones.resnet import ResNet
 from detlab.models.heads.fcos_head import FCOSHead
-from detlab.models.ops import (
-    DeformConv2d,
-    DeformConv2dPack,
-    ModulatedDeformConv2d,
-    ModulatedDeformConv2dPack,
-)
+from detlab.models.ops import (DeformConv2d, DeformConv2dPack, ModulatedDeformConv2d,
+                               ModulatedDeformConv2dPack)
 from detlab.models.utils import ConvModule, build_conv_layer
 
 LAYOUTS = [dict(stride=1, padding=1, dilation=1, groups=1, deform_groups=1),
@@ -176,7 +173,49 @@ def test_optimizer_recognizes_the_deformable_convs():
     assert not is_deformable_conv(nn.Conv2d(4, 4, 3))
 
 
-# ---- dcn_on_last_conv against MMDetection --------------------------------
+# ---- ResNet dcn= and dcn_on_last_conv against MMDetection --------------------------------
+
+
+@pytest.mark.parametrize("dcn_type", ["DCN", "DCNv2"])
+@pytest.mark.parametrize("style", ["pytorch", "caffe"])
+def test_resnet_with_dcn_is_mmdetections(dcn_type, style):
+    import_mmdet()
+    from mmdet.models.backbones import ResNet as Reference
+
+    args = dict(depth=50, style=style, frozen_stages=1, norm_eval=True,
+                dcn=dict(type=dcn_type, deform_groups=1, fallback_on_stride=False),
+                stage_with_dcn=(False, True, True, True))
+    ours = ResNet(**args)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = Reference(**args)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == \
+        {k: v.shape for k, v in reference.state_dict().items()}
+    count = lambda m: sum(p.numel() for p in m.parameters() if p.requires_grad)  # noqa: E731
+    assert count(ours) == count(reference)
+    assert isinstance(ours.layer1[0].conv2, nn.Conv2d)
+    assert type(ours.layer4[2].conv2).__name__ == type(reference.layer4[2].conv2).__name__
+    assert ours.layer2[0].conv2.stride == reference.layer2[0].conv2.stride
+    assert not ours.layer3[1].conv2.conv_offset.weight.any()
+    _randomize(reference, scale=0.05)
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    ours.eval(), reference.eval()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        for a, b in zip(ours(x), reference(x)):
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
+
+
+def test_resnet_dcn_options():
+    fallback = ResNet(50, dcn=dict(type="DCN", fallback_on_stride=True),
+                      stage_with_dcn=(False, True, True, True))
+    assert not any(is_deformable_conv(m) for m in fallback.modules())
+    plain = ResNet(50)
+    assert not any(is_deformable_conv(m) for m in plain.modules())
+    with pytest.raises(ConfigError, match="stage_with_dcn"):
+        ResNet(50, dcn=dict(type="DCN"), stage_with_dcn=(True, True))
+    with pytest.raises(ConfigError, match="Bottleneck"):
+        ResNet(18, dcn=dict(type="DCN"), stage_with_dcn=(False, True, True, True))
 
 
 def test_fcos_head_dcn_on_last_conv_is_mmdetections():

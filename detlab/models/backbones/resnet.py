@@ -18,7 +18,8 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from detlab.config import ConfigError
 from detlab.models.init import default_resnet_init, initialize, is_pretrained
-from detlab.models.utils import build_norm_layer, frozen, thaw
+from detlab.models.ops.deform_conv import DeformConv2dPack, ModulatedDeformConv2dPack
+from detlab.models.utils import build_conv_layer, build_norm_layer, frozen, thaw
 from detlab.registry import MODELS
 
 ARCH_SETTINGS: dict[int, tuple[type[nn.Module], tuple[int, ...]]] = {
@@ -36,11 +37,15 @@ def _norm(norm_cfg: Mapping, num_features: int) -> nn.Module:
 
 
 def make_block(block: type[nn.Module], inplanes: int, planes: int, stride: int, dilation: int,
-               style: str, norm_cfg: Mapping, downsample: nn.Module | None) -> nn.Module:
+               style: str, norm_cfg: Mapping, downsample: nn.Module | None,
+               dcn: Mapping | None = None) -> nn.Module:
     """One torchvision residual block with MMDetection's stride/dilation placement.
 
     Bottleneck, ``'pytorch'`` style: stride on the 3x3 conv (torchvision's own layout);
     ``'caffe'`` style: stride on the first 1x1 conv. BasicBlock: stride and dilation on conv1.
+    ``dcn`` (Bottleneck only): the 3x3 ``conv2`` becomes the deformable conv it names, e.g.
+    ``dict(type='DCN', deform_groups=1, fallback_on_stride=False)``; as in MMDetection,
+    ``fallback_on_stride=True`` keeps a plain conv2 (whatever the block's stride).
     """
     norm_layer = partial(_norm, norm_cfg)
     if block is Bottleneck:
@@ -48,7 +53,17 @@ def make_block(block: type[nn.Module], inplanes: int, planes: int, stride: int, 
                            norm_layer=norm_layer)
         if style == "caffe" and stride != 1:
             layer.conv1.stride, layer.conv2.stride = (stride, stride), (1, 1)
+        if dcn is not None:
+            dcn = dict(dcn)
+            if not dcn.pop("fallback_on_stride", False):
+                conv2 = layer.conv2
+                layer.conv2 = build_conv_layer(dcn, conv2.in_channels, conv2.out_channels,
+                                               kernel_size=3, stride=conv2.stride,
+                                               padding=dilation, dilation=dilation, bias=False)
         return layer
+    if dcn is not None:
+        raise ConfigError("ResNet dcn= needs Bottleneck blocks (depth 50, 101 or 152); "
+                          "MMDetection's BasicBlock (depth 18 / 34) has no deformable conv")
     layer = BasicBlock(inplanes, planes, stride, downsample, norm_layer=norm_layer)
     # torchvision's BasicBlock refuses dilation; MMDetection dilates its first conv only
     layer.conv1.dilation = layer.conv1.padding = (dilation, dilation)
@@ -56,7 +71,8 @@ def make_block(block: type[nn.Module], inplanes: int, planes: int, stride: int, 
 
 
 def make_res_layer(block: type[nn.Module], inplanes: int, planes: int, num_blocks: int,
-                   stride: int, dilation: int, style: str, norm_cfg: Mapping) -> nn.Sequential:
+                   stride: int, dilation: int, style: str, norm_cfg: Mapping,
+                   dcn: Mapping | None = None) -> nn.Sequential:
     """A stage of ``num_blocks`` blocks; the first one downsamples (1x1 conv + norm, torchvision's
     ``downsample.0`` / ``downsample.1``) when the stride or the channel count changes."""
     out_channels = planes * block.expansion
@@ -65,8 +81,9 @@ def make_res_layer(block: type[nn.Module], inplanes: int, planes: int, num_block
         downsample = nn.Sequential(
             nn.Conv2d(inplanes, out_channels, kernel_size=1, stride=stride, bias=False),
             _norm(norm_cfg, out_channels))
-    blocks = [make_block(block, inplanes, planes, stride, dilation, style, norm_cfg, downsample)]
-    blocks += [make_block(block, out_channels, planes, 1, dilation, style, norm_cfg, None)
+    blocks = [make_block(block, inplanes, planes, stride, dilation, style, norm_cfg, downsample,
+                         dcn)]
+    blocks += [make_block(block, out_channels, planes, 1, dilation, style, norm_cfg, None, dcn)
                for _ in range(1, num_blocks)]
     return nn.Sequential(*blocks)
 
@@ -88,6 +105,10 @@ class ResNet(nn.Module):
             ``dict(type='GN', num_groups=32)``.
         norm_eval: keep BatchNorm layers in eval mode (frozen statistics) while training.
         with_cp: gradient checkpointing of the blocks (less memory, more compute).
+        dcn: None, or the deformable conv of the Bottlenecks' 3x3 ``conv2`` in the stages
+            ``stage_with_dcn`` marks, e.g. ``dict(type='DCN' | 'DCNv2', deform_groups=1,
+            fallback_on_stride=False)`` (its ``conv_offset`` starts at zero).
+        stage_with_dcn: one bool per stage, e.g. ``(False, True, True, True)``.
         zero_init_residual: zero the last norm of every block in the default init.
         init_cfg: ``dict(type='Pretrained', checkpoint='torchvision://resnet50')`` loads weights
             in :meth:`init_weights`; None is He init.
@@ -99,7 +120,10 @@ class ResNet(nn.Module):
                  out_indices: Sequence[int] = (0, 1, 2, 3), style: str = "pytorch",
                  frozen_stages: int = -1,
                  norm_cfg: Mapping = BN,
-                 norm_eval: bool = True, with_cp: bool = False, zero_init_residual: bool = True,
+                 norm_eval: bool = True, with_cp: bool = False,
+                 dcn: Mapping | None = None,
+                 stage_with_dcn: Sequence[bool] = (False, False, False, False),
+                 zero_init_residual: bool = True,
                  init_cfg: Mapping | Sequence[Mapping] | None = None,
                  pretrained: str | None = None) -> None:
         super().__init__()
@@ -118,6 +142,10 @@ class ResNet(nn.Module):
         self.frozen_stages, self.norm_eval, self.with_cp = frozen_stages, norm_eval, with_cp
         self.deep_stem = False  # MMDetection's flag for ResNetV1c/d's three-conv stem
         self.zero_init_residual, self.init_cfg = zero_init_residual, thaw(init_cfg)
+        self.dcn, self.stage_with_dcn = thaw(dcn), tuple(stage_with_dcn)
+        if dcn is not None and len(self.stage_with_dcn) != num_stages:
+            raise ConfigError(f"ResNet stage_with_dcn {self.stage_with_dcn} needs one entry per "
+                              f"stage ({num_stages})")
         block, stage_blocks = ARCH_SETTINGS[depth]
         self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = _norm(norm_cfg, 64)
@@ -126,8 +154,9 @@ class ResNet(nn.Module):
         inplanes, self.stage_channels = 64, []
         for i in range(num_stages):
             planes = 64 * 2**i
+            stage_dcn = self.dcn if dcn is not None and self.stage_with_dcn[i] else None
             layer = make_res_layer(block, inplanes, planes, stage_blocks[i], strides[i],
-                                   dilations[i], style, norm_cfg)
+                                   dilations[i], style, norm_cfg, stage_dcn)
             self.add_module(f"layer{i + 1}", layer)
             inplanes = planes * block.expansion
             self.stage_channels.append(inplanes)
@@ -161,8 +190,14 @@ class ResNet(nn.Module):
 
     def _default_init(self) -> None:
         """He init, norm weight 1; with ``zero_init_residual`` each block's last norm is 0, so
-        every residual branch starts as the identity."""
+        every residual branch starts as the identity. Deformable convs keep zero offsets
+        (``conv_offset`` 0), so each starts as a plain conv -- as MMDetection's models start
+        from a pretrained backbone."""
         default_resnet_init(self)
+        for m in self.modules():
+            if isinstance(m, (DeformConv2dPack, ModulatedDeformConv2dPack)):
+                nn.init.zeros_(m.conv_offset.weight)
+                nn.init.zeros_(m.conv_offset.bias)
         if self.zero_init_residual:
             for stage in self.stages():
                 for block in stage:
