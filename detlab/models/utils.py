@@ -38,9 +38,19 @@ RELU = frozen(type="ReLU")
 # norm type -> (abbreviation used in module names, factory(num_features, **kwargs))
 _NORM_ABBR = {"BN": "bn", "BN2d": "bn", "SyncBN": "bn", "GN": "gn", "IN": "in"}
 # activations whose constructor has no ``inplace`` argument
-_NO_INPLACE = {"GELU", "Sigmoid", "Tanh", "PReLU"}
+_NO_INPLACE = {"GELU", "Sigmoid", "Tanh", "PReLU", "Swish"}
+
+
+class Swish(nn.Module):
+    """mmcv's ``Swish``: ``x * sigmoid(x)``, SiLU's function computed as mmcv computes it (SiLU's
+    fused kernel rounds differently, which moves near-equal detections of YOLOX)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(x)
+
+
 _ACTIVATIONS = {"ReLU": nn.ReLU, "LeakyReLU": nn.LeakyReLU, "ReLU6": nn.ReLU6, "ELU": nn.ELU,
-                "SiLU": nn.SiLU, "Swish": nn.SiLU, "GELU": nn.GELU, "Sigmoid": nn.Sigmoid,
+                "SiLU": nn.SiLU, "Swish": Swish, "GELU": nn.GELU, "Sigmoid": nn.Sigmoid,
                 "Tanh": nn.Tanh, "PReLU": nn.PReLU}
 NORM_TYPES = tuple(_NORM_ABBR)
 ACTIVATION_TYPES = tuple(_ACTIVATIONS)

@@ -65,6 +65,8 @@ ANCHOR_TYPES = ("anchor_free", "anchor_based")
 RawOutputs = tuple[list[torch.Tensor], list[torch.Tensor]]
 
 
+DCN_V2_4 = dict(type="DCNv2", deform_groups=4)  # the tower convs num_dcn makes deformable
+
 class _SigmoidGeometricMean(torch.autograd.Function):
     """``sqrt(sigmoid(x) * sigmoid(y))`` with the gradient written from the sigmoids (finite
     where the product underflows)."""
@@ -156,7 +158,8 @@ class TOODHead(ATSSHead):
     Args:
         num_classes: object classes (background excluded).
         in_channels: channels of the input feature maps.
-        num_dcn: deformable convs at the start of the tower (not available: must be 0).
+        num_dcn: modulated deformable convs (``DCNv2``, 4 offset groups) at the start of the
+            tower.
         anchor_type: ``'anchor_free'`` (distances from the anchor centers, exponentiated) or
             ``'anchor_based'`` (deltas from the anchors).
         initial_loss_cls: classification loss before ``initial_epoch`` (focal loss of the
@@ -191,9 +194,6 @@ class TOODHead(ATSSHead):
         if anchor_type not in ANCHOR_TYPES:
             raise ConfigError(f"TOODHead anchor_type must be one of {ANCHOR_TYPES}, got "
                               f"{anchor_type!r}")
-        if num_dcn:
-            raise ConfigError(f"TOODHead num_dcn={num_dcn}: deformable convs in the head are "
-                              f"not available; use num_dcn=0")
         if not reg_decoded_bbox:
             raise ConfigError("TOODHead regresses decoded boxes: leave "
                               "bbox_head.reg_decoded_bbox=True")
@@ -221,9 +221,10 @@ class TOODHead(ATSSHead):
                                                    alpha=self.train_cfg["alpha"],
                                                    beta=self.train_cfg["beta"])
             self.assigner = MODELS.build(self.train_cfg["initial_assigner"])
+        # the first num_dcn tower convs are modulated deformable ones, as MMDetection's
         self.inter_convs = nn.ModuleList(
             ConvModule(in_channels if i == 0 else feat_channels, feat_channels, 3, padding=1,
-                       conv_cfg=conv_cfg, norm_cfg=norm_cfg)
+                       conv_cfg=DCN_V2_4 if i < num_dcn else conv_cfg, norm_cfg=norm_cfg)
             for i in range(stacked_convs))
         self.cls_decomp = TaskDecomposition(feat_channels, stacked_convs, stacked_convs * 8,
                                             conv_cfg, norm_cfg)
