@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 
 import torch
 
@@ -156,6 +157,21 @@ def _check_box_shapes(pred: torch.Tensor, target: torch.Tensor, name: str) -> No
                          f"{tuple(pred.shape)} and {tuple(target.shape)}")
 
 
+def _enclosing_family_loss(module: WeightedLoss, loss_fn: Callable, pred: torch.Tensor,
+                           target: torch.Tensor, weight: torch.Tensor | None,
+                           avg_factor: float | torch.Tensor | None,
+                           reduction_override: str | None) -> torch.Tensor:
+    """The forward the GIoU, DIoU and CIoU losses share: an exact 0 without a positive weight,
+    else ``loss_fn(pred, target, eps)`` per box, weighted and reduced."""
+    zero = zero_loss_of_unweighted(pred, weight)
+    if zero is not None:
+        return zero
+    name = type(module).__name__
+    _check_box_shapes(pred, target, name)
+    loss = loss_fn(pred, target, eps=module.eps, reduction="none")
+    return module.reduce(loss, box_weight(weight, pred, name), avg_factor, reduction_override)
+
+
 @MODELS.register_module()
 class GIoULoss(WeightedLoss):
     """``1 - GIoU(pred, target)`` of aligned xyxy boxes.
@@ -178,13 +194,8 @@ class GIoULoss(WeightedLoss):
         """``pred``, ``target``: ``(N, 4)`` xyxy; ``weight``: ``(N,)`` or ``(N, 4)`` (averaged
         over the coordinates). Without a positive weight the loss is an exact 0 connected to
         ``pred``, whatever the reduction."""
-        zero = zero_loss_of_unweighted(pred, weight)
-        if zero is not None:
-            return zero
-        _check_box_shapes(pred, target, "GIoULoss")
-        loss = giou_loss(pred, target, eps=self.eps, reduction="none")
-        return self.reduce(loss, box_weight(weight, pred, "GIoULoss"), avg_factor,
-                           reduction_override)
+        return _enclosing_family_loss(self, giou_loss, pred, target, weight, avg_factor,
+                                      reduction_override)
 
     def extra_repr(self) -> str:
         return f"eps={self.eps}, {super().extra_repr()}"
@@ -211,13 +222,8 @@ class DIoULoss(WeightedLoss):
                 avg_factor: float | torch.Tensor | None = None,
                 reduction_override: str | None = None) -> torch.Tensor:
         """As :meth:`GIoULoss.forward`."""
-        zero = zero_loss_of_unweighted(pred, weight)
-        if zero is not None:
-            return zero
-        _check_box_shapes(pred, target, "DIoULoss")
-        loss = diou_loss(pred, target, eps=self.eps, reduction="none")
-        return self.reduce(loss, box_weight(weight, pred, "DIoULoss"), avg_factor,
-                           reduction_override)
+        return _enclosing_family_loss(self, diou_loss, pred, target, weight, avg_factor,
+                                      reduction_override)
 
     def extra_repr(self) -> str:
         return f"eps={self.eps}, {super().extra_repr()}"
@@ -243,13 +249,8 @@ class CIoULoss(WeightedLoss):
                 avg_factor: float | torch.Tensor | None = None,
                 reduction_override: str | None = None) -> torch.Tensor:
         """As :meth:`GIoULoss.forward`."""
-        zero = zero_loss_of_unweighted(pred, weight)
-        if zero is not None:
-            return zero
-        _check_box_shapes(pred, target, "CIoULoss")
-        loss = ciou_loss(pred, target, eps=self.eps, reduction="none")
-        return self.reduce(loss, box_weight(weight, pred, "CIoULoss"), avg_factor,
-                           reduction_override)
+        return _enclosing_family_loss(self, ciou_loss, pred, target, weight, avg_factor,
+                                      reduction_override)
 
     def extra_repr(self) -> str:
         return f"eps={self.eps}, {super().extra_repr()}"
