@@ -1,0 +1,269 @@
+"""Look inside a dense detector: its parameters per module, its output shapes per level, and the
+positive priors its assigner gives one image's ground truths.
+
+- :func:`small_model_overrides`: dotted overrides that shrink a zoo config (ResNet-18 or a
+  narrow CSPDarknet, few channels) so it runs on a CPU in a notebook;
+- :func:`parameter_table` / :func:`output_shapes`: what the model holds and what it returns;
+- :func:`inspect_assignment`: one row per positive prior (and one per ground truth left without
+  any), through the head's own ``get_priors`` / ``ground_truths`` and its assigner, with the
+  predictions the assigner needs (SimOTA, task-aligned) from the model's forward;
+- :func:`plot_assignment`: the image, its ground truths and their positive priors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+
+COLUMNS = ["gt", "gt_label", "gt_x1", "gt_y1", "gt_x2", "gt_y2", "prior", "level", "stride",
+           "prior_x1", "prior_y1", "prior_x2", "prior_y2", "iou", "max_overlap", "assign_metric"]
+
+
+def small_model_overrides(cfg: Any, channels: int = 64, num_classes: int = 3
+                          ) -> dict[str, Any]:
+    """Dotted overrides of ``cfg.model`` for a small model: ResNet backbones become ResNet-18
+    without pretrained weights, CSPDarknet a narrow one; the neck and head get ``channels``
+    channels, one stacked conv and ``num_classes`` classes."""
+    model = cfg["model"]
+    backbone, neck, head = model["backbone"], model.get("neck"), model["bbox_head"]
+    options: dict[str, Any] = {"model.bbox_head.num_classes": num_classes,
+                               "model.bbox_head.in_channels": channels,
+                               "model.bbox_head.feat_channels": channels}
+    if backbone["type"] == "ResNet":
+        options.update({"model.backbone.depth": 18, "model.backbone.init_cfg": None})
+        used = list(backbone.get("out_indices", (0, 1, 2, 3)))
+        in_channels = [64 * 2 ** i for i in used]
+    elif backbone["type"] == "CSPDarknet":
+        options.update({"model.backbone.widen_factor": channels / 256,
+                        "model.backbone.deepen_factor": 0.33})
+        in_channels = [channels, 2 * channels, 4 * channels]
+    else:
+        raise ValueError(f"small_model_overrides knows ResNet and CSPDarknet backbones, not "
+                         f"{backbone['type']}")
+    if neck is not None:
+        options.update({"model.neck.in_channels": in_channels,
+                        "model.neck.out_channels": channels})
+    if "stacked_convs" in head:
+        options["model.bbox_head.stacked_convs"] = 1
+    return options
+
+
+def parameter_table(model: Any, depth: int = 1) -> pd.DataFrame:
+    """Parameters of each module ``depth`` levels down (``backbone``, ``neck``, ``bbox_head``
+    at 1): columns ``module``, ``parameters``, ``trainable``."""
+    rows: dict[str, list[int]] = {}
+    for name, param in model.named_parameters():
+        key = ".".join(name.split(".")[:depth])
+        counts = rows.setdefault(key, [0, 0])
+        counts[0] += param.numel()
+        counts[1] += param.numel() if param.requires_grad else 0
+    return pd.DataFrame([(k, a, b) for k, (a, b) in rows.items()],
+                        columns=["module", "parameters", "trainable"])
+
+
+def output_shapes(model: Any, image_size: int | Sequence[int]) -> pd.DataFrame:
+    """Shapes of the model's raw outputs for one zero image of ``image_size`` (side or ``(h,
+    w)``): one row per level, one column per output (``output_0`` = classification, ...)."""
+    import torch
+
+    h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            raw = model(torch.zeros(1, 3, h, w))
+    finally:
+        model.train(was_training)
+    frame = pd.DataFrame({f"output_{i}": [tuple(m.shape) for m in maps]
+                          for i, maps in enumerate(raw)})
+    frame.insert(0, "level", range(len(frame)))
+    return frame
+
+
+def _model_and_dataset(cfg_or_model: Any, dataset: Any) -> tuple[Any, Any]:
+    import detlab
+
+    if hasattr(cfg_or_model, "bbox_head"):
+        return cfg_or_model, dataset
+    cfg = detlab.Config.fromfile(cfg_or_model) if isinstance(cfg_or_model, str) \
+        else cfg_or_model
+    model = detlab.build_model(cfg)
+    if dataset is None:
+        dataset = detlab.build_dataset(cfg["data"]["train"])
+    return model, dataset
+
+
+def _one_image_batch(item: Any, dataset: Any) -> Any:
+    from detlab.data.loader import collate
+
+    if isinstance(item, int):
+        if dataset is None:
+            raise ValueError("inspect_assignment needs a dataset (or a config with data.train) "
+                             "to take an image index")
+        return collate([dataset[item]])
+    return item
+
+
+def _assign(head: Any, raw: tuple, batch: Any) -> tuple[Any, Any, Any, list[int], Any]:
+    """The assignment of the batch's first image: (assign result, ``(N, 4)`` xyxy priors or
+    cells, indices of the assigned priors among all, per-level counts, ground truth)."""
+    import torch
+
+    from detlab.models.anchors import anchor_inside_flags
+    from detlab.models.heads.postprocess import levels_to_rows
+
+    meta = batch.metas[0]
+    priors = head.get_priors(raw[0], batch.metas[:1])
+    gt = head.ground_truths(batch.targets[:1], batch.metas[:1], 1, priors.priors.device)[0]
+    if hasattr(head, "strided_priors"):  # YOLOX: SimOTA on the cells' centers
+        from detlab.models.heads.yolox_head import decode_yolox_boxes
+
+        cells = head.strided_priors(raw[0]).float()  # (N, 4) x, y, stride_w, stride_h
+        cls_rows, box_rows, obj_rows = head.flatten(raw)
+        scores = cls_rows[0].sigmoid() * obj_rows[0][:, None].sigmoid()
+        centers = torch.cat([cells[:, :2] + cells[:, 2:] * 0.5, cells[:, 2:]], dim=-1)
+        assign = head.assigner.assign(centers, gt.boxes, gt.boxes_ignore, gt.labels,
+                                      pred_scores=scores,
+                                      pred_bboxes=decode_yolox_boxes(cells, box_rows)[0])
+        boxes = torch.cat([centers[:, :2] - cells[:, 2:] / 2, centers[:, :2] + cells[:, 2:] / 2],
+                          dim=1)
+        return assign, boxes, torch.arange(len(cells)), priors.num_level, gt
+    anchors = priors.priors
+    inside = anchor_inside_flags(anchors, priors.valid[0], meta["img_shape"],
+                                 head.train_cfg.get("allowed_border", -1))
+    idx = torch.nonzero(inside).squeeze(1)
+    if getattr(head, "alignment_assigner", None) is not None and not head.initial_phase:
+        cls_rows = levels_to_rows(raw[0], head.cls_out_channels).float()[0]
+        boxes = levels_to_rows(raw[1], 4).float()[0] * head.row_strides(priors)[:, None]
+        assign = head.alignment_assigner.assign(anchors[idx], gt.boxes, gt.boxes_ignore,
+                                                gt.labels, pred_scores=cls_rows[idx],
+                                                pred_bboxes=boxes[idx])
+        return assign, anchors, idx, priors.num_level, gt
+    head.check_trainable()
+    counts = torch.stack([f.sum() for f in inside.split(priors.num_level)]).tolist()
+    assign = head.assigner.assign(anchors[idx], gt.boxes, gt.boxes_ignore,
+                                  None if head.sampling else gt.labels, num_level_priors=counts)
+    return assign, anchors, idx, priors.num_level, gt
+
+
+def _rows(assign: Any, boxes: Any, idx: Any, num_level: Sequence[int], strides: Sequence[int],
+          gt: Any) -> pd.DataFrame:
+    import torch
+    from torchvision.ops import box_iou
+
+    pos = torch.nonzero(assign.gt_inds > 0).squeeze(1)  # among the assigned priors
+    prior = idx[pos]
+    gt_index = assign.gt_inds[pos] - 1
+    level = torch.bucketize(prior, torch.tensor(num_level).cumsum(0), right=True)
+    prior_boxes, gt_boxes = boxes[prior], gt.boxes[gt_index]
+    iou = box_iou(prior_boxes, gt_boxes).diagonal() if len(prior) else prior_boxes.new_zeros(0)
+    columns = {"gt": gt_index, "gt_label": gt.labels[gt_index], "prior": prior,
+               "level": level, "stride": torch.tensor(strides)[level], "iou": iou}
+    for i, side in enumerate(("x1", "y1", "x2", "y2")):
+        columns[f"gt_{side}"], columns[f"prior_{side}"] = gt_boxes[:, i], prior_boxes[:, i]
+    for name in ("max_overlaps", "assign_metrics"):
+        values = getattr(assign, name)
+        key = "max_overlap" if name == "max_overlaps" else "assign_metric"
+        columns[key] = values[pos] if values is not None else torch.full((len(pos),), float("nan"))
+    return pd.DataFrame({k: v.detach().cpu().numpy() for k, v in columns.items()})[COLUMNS]
+
+
+def _unmatched_rows(frame: pd.DataFrame, gt: Any) -> pd.DataFrame:
+    """A row (no prior: ``prior = -1``, NaN prior columns) for each ground truth without a
+    positive prior."""
+    missing = sorted(set(range(len(gt.boxes))) - set(frame["gt"].tolist()))
+    rows = [dict(gt=g, gt_label=int(gt.labels[g]), prior=-1, level=-1, stride=-1,
+                 **dict(zip(("gt_x1", "gt_y1", "gt_x2", "gt_y2"),
+                            gt.boxes[g].tolist(), strict=True))) for g in missing]
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def inspect_assignment(cfg_or_model: Any, image_index_or_batch: int | Any,
+                       dataset: Any = None) -> pd.DataFrame:
+    """The assignment of one image's priors to its ground truths by the model's dense head.
+
+    Args:
+        cfg_or_model: a built single-stage detector, or a config (object or file) to build one
+            (and, without ``dataset``, its ``data.train``).
+        image_index_or_batch: an index into ``dataset``, or a :class:`~detlab.structures.Batch`
+            (its first image is inspected).
+        dataset: the dataset the index reads (a training pipeline: boxes and labels loaded).
+
+    Returns:
+        One row per positive prior: ``gt`` (index), ``gt_label``, the gt box ``gt_x1..gt_y2``
+        (xyxy, input pixels), ``prior`` (index among all priors, levels in order), ``level``,
+        ``stride``, the prior box ``prior_x1..prior_y2`` (xyxy anchor; for point priors the
+        stride-sized cell around the point), ``iou`` (prior box with its gt), ``max_overlap``
+        and ``assign_metric`` (the assigner's own numbers, NaN when it has none); then one row
+        with ``prior = -1`` for each ground truth left without a positive prior.
+    """
+    import torch
+
+    model, dataset = _model_and_dataset(cfg_or_model, dataset)
+    batch = _one_image_batch(image_index_or_batch, dataset)
+    head, was_training = model.bbox_head, model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            raw = model(batch.images[:1])
+            assign, boxes, idx, num_level, gt = _assign(head, raw, batch)
+    finally:
+        model.train(was_training)
+    strides = [int(s[0]) for s in head.prior_generator.strides]
+    frame = _rows(assign, boxes, idx, num_level, strides, gt)
+    unmatched = _unmatched_rows(frame, gt)
+    frame = pd.concat([frame, unmatched], ignore_index=True) if len(unmatched) else frame
+    frame.attrs.update(num_gts=len(gt.boxes), num_priors=int(sum(num_level)),
+                       assigner=type(_assigner_of(head)).__name__)
+    return frame
+
+
+def _assigner_of(head: Any) -> Any:
+    if getattr(head, "alignment_assigner", None) is not None and not head.initial_phase:
+        return head.alignment_assigner
+    return head.assigner
+
+
+def positives_per_gt(frame: pd.DataFrame) -> dict[int, int]:
+    """Number of positive priors of each ground truth of an :func:`inspect_assignment` frame
+    (0 for those without any)."""
+    positives = frame[frame["prior"] >= 0]
+    counts = positives.groupby("gt").size()
+    return {int(g): int(counts.get(g, 0)) for g in sorted(frame["gt"].unique())}
+
+
+def plot_assignment(frame: pd.DataFrame, image: Any, ax: Any = None, title: str | None = None):
+    """Draw ``image`` (``(H, W, 3)`` array, or a ``(3, H, W)`` tensor, shown min-max scaled),
+    the ground truths of ``frame`` (:func:`inspect_assignment`) as thick boxes and their
+    positive priors as thin boxes of the same colour, one line style per level (the legend);
+    the figure."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 5))
+    img = image.detach().cpu().numpy().transpose(1, 2, 0) if hasattr(image, "detach") \
+        else np.asarray(image)
+    img = img.astype(float)
+    ax.imshow((img - img.min()) / max(float(np.ptp(img)), 1e-6))
+    colors = plt.get_cmap("tab10")
+    styles = ["-", "--", ":", "-.", (0, (1, 3))]
+    for g, rows in frame.groupby("gt"):
+        color = colors(int(g) % 10)
+        x1, y1, x2, y2 = rows.iloc[0][["gt_x1", "gt_y1", "gt_x2", "gt_y2"]]
+        ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color=color, lw=2.5))
+        for _, r in rows[rows["prior"] >= 0].iterrows():
+            ax.add_patch(plt.Rectangle((r.prior_x1, r.prior_y1), r.prior_x2 - r.prior_x1,
+                                       r.prior_y2 - r.prior_y1, fill=False, color=color, lw=0.8,
+                                       ls=styles[int(r.level) % len(styles)]))
+    for level in sorted(int(v) for v in frame.loc[frame["prior"] >= 0, "level"].unique()):
+        stride = int(frame.loc[frame["level"] == level, "stride"].iloc[0])
+        ax.plot([], [], color="gray", ls=styles[level % len(styles)],
+                label=f"level {level} (stride {stride})")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper right", fontsize=7)
+    ax.set_title(title or frame.attrs.get("assigner", ""))
+    ax.set_axis_off()
+    return ax.figure
