@@ -387,6 +387,27 @@ COMPONENTS = {
                                            min_sizes=[8, 16], max_sizes=[16, 32]),
                      train_cfg=dict(TRAIN_CFG, neg_pos_ratio=3, smoothl1_beta=1.0),
                      test_cfg=TEST_CFG), run_head),
+    # VFNet
+    "VFNetHead": (dict(num_classes=2, in_channels=8, feat_channels=8, stacked_convs=1,
+                       strides=[8, 16], regress_ranges=[(-1, 16), (16, 1e8)],
+                       norm_cfg=dict(type="GN", num_groups=4, requires_grad=True),
+                       anchor_generator=dict(type="AnchorGenerator", ratios=[1.0],
+                                             octave_base_scale=4, scales_per_octave=1,
+                                             center_offset=0.0, strides=[8, 16]),
+                       train_cfg=dict(TRAIN_CFG, assigner=dict(type="ATSSAssigner", topk=9)),
+                       test_cfg=TEST_CFG), run_head),
+    "VFNet": (dict(DETECTOR, bbox_head=dict(type="VFNetHead", num_classes=2, in_channels=8,
+                                            feat_channels=8, stacked_convs=1, strides=[8, 16],
+                                            regress_ranges=[(-1, 16), (16, 1e8)],
+                                            norm_cfg=dict(type="GN", num_groups=4),
+                                            anchor_generator=dict(type="AnchorGenerator",
+                                                                  ratios=[1.0],
+                                                                  octave_base_scale=4,
+                                                                  scales_per_octave=1,
+                                                                  center_offset=0.0,
+                                                                  strides=[8, 16])),
+                  train_cfg=dict(TRAIN_CFG, assigner=dict(type="ATSSAssigner", topk=9))),
+              run_detector),
 }
 
 

@@ -24,3 +24,7 @@ __all__ += ["FOVEA"]
 from detlab.models.detectors.yolox import YOLOX  # noqa: E402
 
 __all__ += ["YOLOX"]
+
+from detlab.models.detectors.vfnet import VFNet  # noqa: E402
+
+__all__ += ["VFNet"]

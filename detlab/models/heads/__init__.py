@@ -112,3 +112,7 @@ __all__ += ["SSDHead"]
 from detlab.models.heads.yolox_head import YOLOXHead  # noqa: E402
 
 __all__ += ["YOLOXHead"]
+
+from detlab.models.heads.vfnet_head import VFNetHead  # noqa: E402
+
+__all__ += ["VFNetHead"]
