@@ -15,7 +15,7 @@ from detlab.notebooks import run_notebook
 NOTEBOOKS = REPO / "notebooks"
 COURSE = ["00_quickstart", "01_browse_dataset", "02_edit_config", "03_train",
           "04_evaluate_and_analyze_errors", "05_compare_runs", "06_custom_components",
-          "07_inference", "08_sweep"]
+          "07_inference", "08_sweep", "09_model_zoo"]
 MAX_CELL_LINES = 15
 TIMEOUT = 300  # seconds a cell may take
 # 8 training images of 64 pixels, 2 iterations an epoch, no loader processes, every epoch
@@ -229,3 +229,16 @@ def test_08_sweep_of_four_quickstart_runs(tmp_path, one_thread):
     assert records["points"] == [dict(image_size=s, epochs=e) for s in (64, 96) for e in (1, 2)]
     with open(records["sweep_csv"]) as f:
         assert len(f.read().strip().splitlines()) == 5  # a header and a row per run
+
+
+@pytest.mark.slow
+def test_09_model_zoo(tmp_path, one_thread):
+    records = execute("09_model_zoo", tmp_path, data_root=str(tmp_path / "shapes"),
+                      num_images=2, image_size=128, channels=64)
+    assert list(records["parameters"]) == ["backbone", "neck", "bbox_head"]
+    assert all(n > 0 for n in records["parameters"].values())
+    assert records["num_levels"] == 5 and records["level_shapes"][0] == [1, 3, 16, 16]
+    assert records["assigners"] == ["MaxIoUAssigner", "ATSSAssigner"]
+    per_gt = records["positives_per_gt"]
+    assert len(per_gt["ATSS"]) == records["num_gts"] > 0
+    assert all(n > 0 for n in per_gt["ATSS"])  # ATSS gives every box positives
