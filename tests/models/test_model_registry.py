@@ -201,6 +201,9 @@ def run_assigner_with_predictions(obj):
 
 
 # name -> (small config, how to run it)
+PAA_ASSIGNER = dict(type="MaxIoUAssigner", pos_iou_thr=0.1, neg_iou_thr=0.1, min_pos_iou=0,
+                    ignore_iof_thr=-1)
+
 COMPONENTS = {
     "ResNet": (dict(depth=18, frozen_stages=-1), run_resnet),
     "FPN": (dict(in_channels=[4, 8], out_channels=8, num_outs=4, add_extra_convs="on_input"),
@@ -408,6 +411,29 @@ COMPONENTS = {
                                                                   strides=[8, 16])),
                   train_cfg=dict(TRAIN_CFG, assigner=dict(type="ATSSAssigner", topk=9))),
               run_detector),
+    # PAA
+    "PAAHead": (dict(num_classes=2, in_channels=8, feat_channels=8, stacked_convs=1,
+                     norm_cfg=dict(type="GN", num_groups=4),
+                     anchor_generator=dict(type="AnchorGenerator", ratios=[1.0],
+                                           octave_base_scale=4, scales_per_octave=1,
+                                           strides=[8, 16]),
+                     bbox_coder=dict(type="DeltaXYWHBBoxCoder", target_stds=(0.1, 0.1, 0.2, 0.2)),
+                     loss_cls=dict(type="FocalLoss", use_sigmoid=True),
+                     loss_bbox=dict(type="GIoULoss", loss_weight=1.3),
+                     train_cfg=dict(TRAIN_CFG, assigner=PAA_ASSIGNER), test_cfg=TEST_CFG),
+                run_head),
+    "PAA": (dict(DETECTOR, bbox_head=dict(type="PAAHead", num_classes=2, in_channels=8,
+                                          feat_channels=8, stacked_convs=1,
+                                          norm_cfg=dict(type="GN", num_groups=4),
+                                          anchor_generator=dict(type="AnchorGenerator",
+                                                                ratios=[1.0],
+                                                                octave_base_scale=4,
+                                                                scales_per_octave=1,
+                                                                strides=[8, 16]),
+                                          loss_cls=dict(type="FocalLoss", use_sigmoid=True),
+                                          loss_bbox=dict(type="GIoULoss", loss_weight=1.3)),
+                 train_cfg=dict(TRAIN_CFG, assigner=PAA_ASSIGNER)),
+            run_detector),
 }
 
 

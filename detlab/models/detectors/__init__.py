@@ -28,3 +28,7 @@ __all__ += ["YOLOX"]
 from detlab.models.detectors.vfnet import VFNet  # noqa: E402
 
 __all__ += ["VFNet"]
+
+from detlab.models.detectors.paa import PAA  # noqa: E402
+
+__all__ += ["PAA"]

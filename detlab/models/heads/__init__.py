@@ -116,3 +116,7 @@ __all__ += ["YOLOXHead"]
 from detlab.models.heads.vfnet_head import VFNetHead  # noqa: E402
 
 __all__ += ["VFNetHead"]
+
+from detlab.models.heads.paa_head import PAAHead  # noqa: E402
+
+__all__ += ["PAAHead"]
