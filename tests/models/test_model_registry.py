@@ -24,6 +24,14 @@ DETECTOR = dict(backbone=dict(type="ResNet", depth=18, num_stages=3, strides=(1,
                 bbox_head={k: v for k, v in HEAD.items() if not k.endswith("_cfg")},
                 train_cfg=TRAIN_CFG, test_cfg=TEST_CFG)
 
+YOLO_HEAD = dict(num_classes=2, in_channels=[8, 8], out_channels=[8, 8], featmap_strides=[16, 8],
+                 anchor_generator=dict(type="YOLOAnchorGenerator", strides=[16, 8],
+                                       base_sizes=[[(30, 40), (20, 10)], [(8, 8), (12, 6)]]),
+                 train_cfg=dict(assigner=dict(type="GridAssigner", pos_iou_thr=0.5,
+                                              neg_iou_thr=0.5, min_pos_iou=0)),
+                 test_cfg=dict(conf_thr=0.005, score_thr=0.01, max_per_img=100,
+                               nms=dict(type="nms", iou_threshold=0.45)))
+
 
 def _batch(size: int = 32) -> Batch:
     meta = dict(img_shape=(size, size, 3), pad_shape=(size, size, 3), ori_shape=(size, size, 3),
@@ -434,6 +442,17 @@ COMPONENTS = {
                                           loss_bbox=dict(type="GIoULoss", loss_weight=1.3)),
                  train_cfg=dict(TRAIN_CFG, assigner=PAA_ASSIGNER)),
             run_detector),
+    # YOLOv3
+    "Darknet": (dict(out_indices=(4, 5)), run_resnet),
+    "YOLOV3Neck": (dict(num_scales=2, in_channels=[8, 4], out_channels=[4, 2]), run_fpn),
+    "YOLOV3Head": (YOLO_HEAD, lambda module: run_yolo_head(module)),
+    "YOLOV3": (dict(backbone=dict(type="Darknet", out_indices=(4, 5)),
+                    neck=dict(type="YOLOV3Neck", num_scales=2, in_channels=[1024, 512],
+                              out_channels=[8, 8]),
+                    bbox_head=dict(type="YOLOV3Head", **{k: v for k, v in YOLO_HEAD.items()
+                                                         if not k.endswith("_cfg")}),
+                    train_cfg=YOLO_HEAD["train_cfg"], test_cfg=YOLO_HEAD["test_cfg"]),
+               lambda module: run_yolo_detector(module)),
 }
 
 
@@ -469,3 +488,22 @@ def run_bag_head(module):
     assert all(v > 0 for v in losses.values())
     sum(losses.values()).backward()
     assert len(module.predict(raw, batch.metas)) == 2
+
+
+def run_yolo_head(module):
+    """YOLOv3's head: levels coarsest first, the four losses positive."""
+    raw = module([torch.randn(2, 8, 2, 2), torch.randn(2, 8, 4, 4)])
+    batch = _batch()
+    losses = module.loss(raw, batch.targets, batch.metas)
+    assert set(losses) == {"loss_cls", "loss_conf", "loss_xy", "loss_wh"}
+    assert all(v > 0 for v in losses.values())
+    sum(losses.values()).backward()
+    assert len(module.predict(raw, batch.metas)) == 2
+
+
+def run_yolo_detector(module):
+    batch = _batch()
+    losses = module.loss(batch)
+    assert all(v > 0 for v in losses.values())
+    sum(losses.values()).backward()
+    assert len(module.eval().predict(batch)) == 2

@@ -11,3 +11,7 @@ __all__ += ["SSDVGG"]
 from detlab.models.backbones.csp_darknet import CSPDarknet  # noqa: E402
 
 __all__ += ["CSPDarknet"]
+
+from detlab.models.backbones.darknet import Darknet  # noqa: E402
+
+__all__ += ["Darknet"]

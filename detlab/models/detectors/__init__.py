@@ -32,3 +32,7 @@ __all__ += ["VFNet"]
 from detlab.models.detectors.paa import PAA  # noqa: E402
 
 __all__ += ["PAA"]
+
+from detlab.models.detectors.yolo import YOLOV3  # noqa: E402
+
+__all__ += ["YOLOV3"]

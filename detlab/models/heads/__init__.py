@@ -120,3 +120,7 @@ __all__ += ["VFNetHead"]
 from detlab.models.heads.paa_head import PAAHead  # noqa: E402
 
 __all__ += ["PAAHead"]
+
+from detlab.models.heads.yolo_head import YOLOV3Head  # noqa: E402
+
+__all__ += ["YOLOV3Head"]

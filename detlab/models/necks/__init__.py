@@ -11,3 +11,7 @@ __all__ += ["SSDNeck"]
 from detlab.models.necks.yolox_pafpn import YOLOXPAFPN  # noqa: E402
 
 __all__ += ["YOLOXPAFPN"]
+
+from detlab.models.necks.yolo_neck import YOLOV3Neck  # noqa: E402
+
+__all__ += ["YOLOV3Neck"]
