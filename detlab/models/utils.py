@@ -7,7 +7,7 @@ Module names follow mmcv's so that MMDetection checkpoints load by name: a ConvM
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
@@ -247,3 +247,18 @@ class Scale(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` times the scale."""
         return x * self.scale
+
+
+def freeze(modules: Iterable[nn.Module]) -> None:
+    """Put ``modules`` in eval mode and stop their parameters' gradients (frozen stages)."""
+    for module in modules:
+        module.eval()
+        for param in module.parameters():
+            param.requires_grad = False
+
+
+def batchnorms_to_eval(module: nn.Module) -> None:
+    """Keep every BatchNorm of ``module`` on its running statistics (``norm_eval``)."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()

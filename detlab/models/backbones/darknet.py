@@ -15,7 +15,7 @@ from torch import nn
 
 from detlab.config import ConfigError
 from detlab.models.init import initialize
-from detlab.models.utils import ConvModule, frozen, thaw
+from detlab.models.utils import ConvModule, batchnorms_to_eval, freeze, frozen, thaw
 from detlab.registry import MODELS
 
 DARKNET_BN = frozen(type="BN", requires_grad=True)
@@ -108,20 +108,14 @@ class Darknet(nn.Module):
         initialize(self, self.init_cfg)
 
     def _freeze_stages(self) -> None:
-        for name in self.cr_blocks[:max(self.frozen_stages, 0)]:
-            layer = getattr(self, name)
-            layer.eval()
-            for param in layer.parameters():
-                param.requires_grad = False
+        freeze(getattr(self, name) for name in self.cr_blocks[:max(self.frozen_stages, 0)])
 
     def train(self, mode: bool = True) -> Darknet:
         """Switch mode, keeping frozen stages (and, with ``norm_eval``, BatchNorm) in eval."""
         super().train(mode)
         self._freeze_stages()
         if mode and self.norm_eval:
-            for m in self.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
+            batchnorms_to_eval(self)
         return self
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -19,7 +19,14 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 from detlab.config import ConfigError
 from detlab.models.init import default_resnet_init, initialize, is_pretrained
 from detlab.models.ops.deform_conv import DeformConv2dPack, ModulatedDeformConv2dPack
-from detlab.models.utils import build_conv_layer, build_norm_layer, frozen, thaw
+from detlab.models.utils import (
+    batchnorms_to_eval,
+    build_conv_layer,
+    build_norm_layer,
+    freeze,
+    frozen,
+    thaw,
+)
 from detlab.registry import MODELS
 
 ARCH_SETTINGS: dict[int, tuple[type[nn.Module], tuple[int, ...]]] = {
@@ -222,20 +229,14 @@ class ResNet(nn.Module):
 
     def _freeze_stages(self) -> None:
         frozen_modules = [self.conv1, self.bn1] if self.frozen_stages >= 0 else []
-        frozen_modules += self.stages()[:max(self.frozen_stages, 0)]
-        for module in frozen_modules:
-            module.eval()
-            for param in module.parameters():
-                param.requires_grad = False
+        freeze(frozen_modules + list(self.stages()[:max(self.frozen_stages, 0)]))
 
     def train(self, mode: bool = True) -> ResNet:
         """Switch mode, keeping frozen stages (and, with ``norm_eval``, BatchNorm) in eval."""
         super().train(mode)
         self._freeze_stages()
         if mode and self.norm_eval:
-            for m in self.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
+            batchnorms_to_eval(self)
         return self
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
