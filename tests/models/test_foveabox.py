@@ -62,12 +62,37 @@ def test_layers_and_parameter_names():
 
 
 def test_config_errors_name_the_option():
-    with pytest.raises(ConfigError, match="with_deform=True"):
-        _head(with_deform=True)
+    with pytest.raises(ConfigError, match="in_channels .* must equal bbox_head.feat_channels"):
+        _head(with_deform=True, feat_channels=16)
     with pytest.raises(ConfigError, match="one base_edge_list"):
         _head(base_edge_list=[16, 32])
     with pytest.raises(ConfigError, match="use_sigmoid=True"):
         _head(loss_cls=dict(type="CrossEntropyLoss", use_sigmoid=False))
+
+
+def test_align_layers_and_parameter_names():
+    """FoveaBox-align: the class branch is feature_adaption, then a 3x3 and a 1x1 conv of four
+    times the channels (biased without a norm layer), and conv_cls on those."""
+    head = _head(with_deform=True, deform_groups=2)
+    shapes = {k: tuple(v.shape) for k, v in head.state_dict().items()
+              if not k.startswith("reg_convs")}
+    assert shapes == {
+        "cls_convs.0.conv.weight": (32, 8, 3, 3), "cls_convs.0.conv.bias": (32,),
+        "cls_convs.1.conv.weight": (32, 32, 1, 1), "cls_convs.1.conv.bias": (32,),
+        "feature_adaption.conv_offset.weight": (36, 4, 1, 1),
+        "feature_adaption.conv_adaption.weight": (8, 8, 3, 3),
+        "conv_cls.weight": (NUM_CLASSES, 32, 3, 3), "conv_cls.bias": (NUM_CLASSES,),
+        "conv_reg.weight": (4, 8, 3, 3), "conv_reg.bias": (4,)}
+    # FeatureAlign's own init comes after the head's: std 0.1 offsets, std 0.01 deform conv
+    assert 0.05 < head.feature_adaption.conv_offset.weight.std() < 0.2
+    assert head.feature_adaption.conv_adaption.weight.std() < 0.02
+    gn = _head(with_deform=True, norm_cfg=dict(type="GN", num_groups=4))
+    assert gn.cls_convs[0].conv.bias is None
+    cls, reg = head(_feats(batch=2))
+    assert [tuple(c.shape) for c in cls] == [(2, 3, 8, 8), (2, 3, 4, 4), (2, 3, 2, 2)]
+    losses = head.loss((cls, reg), [_target([[4.0, 6.0, 40.0, 36.0]], [1])] * 2, [_meta()] * 2)
+    sum(losses.values()).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
 
 
 def test_targets_mark_the_fovea_with_the_smaller_object_on_top():
@@ -284,6 +309,77 @@ def test_head_losses_and_their_gradients_match_mmdetection(fovea_pair, counts):
 @pytest.mark.slow
 def test_detections_match_mmdetection(fovea_pair):
     reference, ours = fovea_pair
+    images, metas = _images(2), _mmdet_metas(2)
+    with torch.no_grad():
+        expected = reference.simple_test(images, metas, rescale=True)
+    targets = [dict(boxes=torch.zeros(0, 4), labels=torch.zeros(0, dtype=torch.long))
+               for _ in metas]
+    actual = ours.predict(Batch(images, targets, metas), rescale=True)
+    assert all(sum(len(c) > 0 for c in image) > 20 for image in expected)
+    for ours_image, reference_image in zip(actual, expected, strict=True):
+        for a, e in zip(ours_image.to_mmdet(80), reference_image, strict=True):
+            np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-3)
+
+
+# ---- FoveaBox-align (with_deform=True) against MMDetection ---------------------------------
+
+ALIGN = "foveabox/fovea_align_r50_fpn_gn-head_4x4_2x_coco.py"
+
+
+@pytest.fixture(scope="module")
+def fovea_align_pair(tmp_path_factory):
+    """A small FoveaBox-align from MMDetection's zoo config, MMDetection's weights in detlab's;
+    the offset conv scaled up so that the samples move by pixels, not fractions."""
+    from reference.mmdet_reference import build_mmdet_model, import_mmdet, mmdet_config_dir
+
+    import_mmdet()
+    path = tmp_path_factory.mktemp("fovea_align") / "fovea_align_r18_small.py"
+    path.write_text(SMALL.format(base=str(mmdet_config_dir() / ALIGN)))
+    torch.manual_seed(0)
+    reference = build_mmdet_model(path, device="cpu")
+    with torch.no_grad():
+        reference.bbox_head.feature_adaption.conv_offset.weight.mul_(10)
+    calibration = torch.randn(2, 3, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(3))
+    _randomize(reference, calibration)
+    ours = build_model(Config.fromfile(path).model)
+    assert ours.bbox_head.with_deform
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    return reference.eval(), ours.eval()
+
+
+@pytest.mark.slow
+def test_align_head_outputs_match_mmdetection(fovea_align_pair):
+    reference, ours = fovea_align_pair
+    images = _images(1)
+    with torch.no_grad():
+        expected = reference.bbox_head(reference.extract_feat(images))
+        actual = ours(images)
+    for ours_levels, reference_levels in zip(actual, expected, strict=True):
+        assert len(ours_levels) == len(reference_levels) == 5
+        for a, e in zip(ours_levels, reference_levels, strict=True):
+            torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("counts", [(10, 5), (0, 0)], ids=["boxes", "empty"])
+def test_align_losses_match_mmdetection(fovea_align_pair, counts):
+    reference, ours = fovea_align_pair
+    images, metas = _images(4), _mmdet_metas(2)
+    boxes, labels = _ground_truths(5, counts)
+    with torch.no_grad():
+        expected = reference.forward_train(images, metas, boxes, labels)
+        targets = [dict(boxes=b, labels=lab) for b, lab in zip(boxes, labels, strict=True)]
+        actual = ours.loss(Batch(images, targets, metas))
+    assert set(actual) == set(expected) == {"loss_cls", "loss_bbox"}
+    for key in actual:
+        torch.testing.assert_close(actual[key], expected[key], rtol=1e-5, atol=1e-6)
+    assert actual["loss_cls"].item() > 0
+    assert (actual["loss_bbox"].item() > 0) == (counts != (0, 0))
+
+
+@pytest.mark.slow
+def test_align_detections_match_mmdetection(fovea_align_pair):
+    reference, ours = fovea_align_pair
     images, metas = _images(2), _mmdet_metas(2)
     with torch.no_grad():
         expected = reference.simple_test(images, metas, rescale=True)

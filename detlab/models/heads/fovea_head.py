@@ -12,6 +12,11 @@ of images; the box loss over the positives, divided by their number.
 
 At test time a point's box is its distances ``exp(pred) * base_edge`` from the point, clipped
 to ``[0, w - 1] x [0, h - 1]`` of the input image; no score factor.
+
+FoveaBox-align (``with_deform=True``): the classification branch first samples the level's
+features with a deformable conv whose offsets a 1x1 conv reads from the predicted box
+(``exp`` of the regression output), then runs a 3x3 and a 1x1 conv of four times the
+channels (:class:`FeatureAlign`, MMDetection's ``feature_adaption``).
 """
 
 from __future__ import annotations
@@ -27,10 +32,46 @@ from detlab.models.heads.anchor_free_head import ANCHOR_FREE_INIT, FOCAL, IOU, A
 from detlab.models.heads.base_dense_head import GroundTruth
 from detlab.models.heads.postprocess import dense_postprocess
 from detlab.models.init import initialize
-from detlab.registry import MODELS, BuildArgumentError
+from detlab.models.ops.deform_conv import DeformConv2d
+from detlab.models.utils import ConvModule, frozen
+from detlab.registry import MODELS
 from detlab.structures import DetResult
 
 RawOutputs = tuple[list[torch.Tensor], list[torch.Tensor]]
+# mmcv's order: the head's init first, then FeatureAlign's own (offset convs std 0.1)
+FEATURE_ALIGN_INIT = frozen(type="Normal", layer="Conv2d", std=0.1,
+                            override=frozen(type="Normal", name="conv_adaption", std=0.01))
+
+
+class FeatureAlign(nn.Module):
+    """Features resampled where the predicted box says: a deformable ``kernel_size`` conv
+    (``conv_adaption``, no bias) whose offsets a bias-free 1x1 conv (``conv_offset``) computes
+    from the ``(B, 4, H, W)`` box distances, then ReLU.
+
+    Args:
+        in_channels, out_channels: of the deformable conv.
+        kernel_size: its kernel (padding keeps the size).
+        deform_groups: its offset groups.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
+                 deform_groups: int = 4) -> None:
+        super().__init__()
+        self.conv_offset = nn.Conv2d(4, deform_groups * kernel_size * kernel_size * 2, 1,
+                                     bias=False)
+        self.conv_adaption = DeformConv2d(in_channels, out_channels, kernel_size,
+                                          padding=(kernel_size - 1) // 2,
+                                          deform_groups=deform_groups)
+        self.relu = nn.ReLU(inplace=True)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """MMDetection's: normal std 0.1 for ``conv_offset``, 0.01 for ``conv_adaption``."""
+        initialize(self, FEATURE_ALIGN_INIT, load_pretrained=False)
+
+    def forward(self, x: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
+        """``x (B, in_channels, H, W)``, ``shape (B, 4, H, W)`` -> ``(B, out_channels, H, W)``."""
+        return self.relu(self.conv_adaption(x, self.conv_offset(shape)))
 
 
 def fovea_targets_per_image(gt: GroundTruth, points: Sequence[torch.Tensor],
@@ -88,9 +129,11 @@ class FoveaHead(AnchorFreeHead):
         scale_ranges: per level, ``(low, high)`` bounds of the object sizes (``sqrt(w * h)``,
             input pixels) it is trained on.
         sigma: the fovea's scale: the central ``sigma`` of an object's box is positive.
-        with_deform: the classification branch aligned by a deformable conv driven by the
-            predicted boxes (FoveaBox-align); needs deformable convs, which detlab has not got
-            yet (a :class:`~detlab.registry.BuildArgumentError`, a ConfigError).
+        with_deform: FoveaBox-align: the classification branch is ``feature_adaption``
+            (:class:`FeatureAlign` of ``feat_channels``, which must then equal
+            ``in_channels``), then ``cls_convs`` of a 3x3 and a 1x1 ConvModule of
+            ``4 * feat_channels`` channels (biased only without ``norm_cfg``) and ``conv_cls``
+            on those; ``stacked_convs`` shapes only the regression tower.
         deform_groups: offset groups of that deformable conv.
     """
 
@@ -106,12 +149,11 @@ class FoveaHead(AnchorFreeHead):
                  conv_cfg: Mapping | None = None, norm_cfg: Mapping | None = None,
                  train_cfg: Mapping | None = None, test_cfg: Mapping | None = None,
                  init_cfg: Mapping | Sequence[Mapping] | None = ANCHOR_FREE_INIT) -> None:
-        if with_deform:
-            # a BuildArgumentError: the option exists in MMDetection, detlab does not accept it
-            raise BuildArgumentError("FoveaHead does not accept with_deform=True yet: "
-                                     "FoveaBox-align (bbox_head.with_deform) needs a deformable "
-                                     "conv (DeformConv2d) that detlab cannot build; set "
-                                     "with_deform=False")
+        if with_deform and in_channels != feat_channels:
+            raise ConfigError(f"FoveaHead with with_deform=True aligns the input features with "
+                              f"a conv of feat_channels inputs: bbox_head.in_channels "
+                              f"({in_channels}) must equal bbox_head.feat_channels "
+                              f"({feat_channels})")
         levels = len(strides)
         if len(base_edge_list) != levels or len(scale_ranges) != levels:
             raise ConfigError(f"FoveaHead needs one base_edge_list and one scale_ranges entry "
@@ -132,8 +174,42 @@ class FoveaHead(AnchorFreeHead):
                               "use_sigmoid=True (e.g. FocalLoss)")
         self.base_edge_list = tuple(float(b) for b in base_edge_list)
         self.scale_ranges = tuple(tuple(r) for r in scale_ranges)
-        self.sigma, self.with_deform, self.deform_groups = float(sigma), False, deform_groups
+        self.sigma, self.with_deform, self.deform_groups = float(sigma), with_deform, \
+            deform_groups
+        if with_deform:
+            self._build_aligned_cls_branch()
         initialize(self, self.init_cfg, load_pretrained=False)
+        if with_deform:
+            self.feature_adaption.init_weights()
+
+    def _build_aligned_cls_branch(self) -> None:
+        """FoveaBox-align's classification branch under MMDetection's names (replacing the
+        base's ``cls_convs`` and ``conv_cls``)."""
+        wide = self.feat_channels * 4
+        bias = self.norm_cfg is None
+        self.cls_convs = nn.ModuleList([
+            ConvModule(self.feat_channels, wide, 3, stride=1, padding=1, conv_cfg=self.conv_cfg,
+                       norm_cfg=self.norm_cfg, bias=bias),
+            ConvModule(wide, wide, 1, stride=1, padding=0, conv_cfg=self.conv_cfg,
+                       norm_cfg=self.norm_cfg, bias=bias)])
+        self.feature_adaption = FeatureAlign(self.feat_channels, self.feat_channels,
+                                             kernel_size=3, deform_groups=self.deform_groups)
+        self.conv_cls = nn.Conv2d(wide, self.cls_out_channels, 3, padding=1)
+
+    def forward_single(self, x: torch.Tensor,
+                       level: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """One level: class logits ``(B, C, H, W)`` and log distances ``(B, 4, H, W)``; with
+        ``with_deform`` the class branch reads features aligned by the predicted boxes."""
+        if not self.with_deform:
+            return super().forward_single(x, level)
+        reg_feat = x
+        for layer in self.reg_convs:
+            reg_feat = layer(reg_feat)
+        bbox_pred = self.conv_reg(reg_feat)
+        cls_feat = self.feature_adaption(x, bbox_pred.exp())
+        for layer in self.cls_convs:
+            cls_feat = layer(cls_feat)
+        return self.conv_cls(cls_feat), bbox_pred
 
     # ---- targets and loss ----------------------------------------------------------------------
 
