@@ -86,6 +86,8 @@ def test_align_layers_and_parameter_names():
     # FeatureAlign's own init comes after the head's: std 0.1 offsets, std 0.01 deform conv
     assert 0.05 < head.feature_adaption.conv_offset.weight.std() < 0.2
     assert head.feature_adaption.conv_adaption.weight.std() < 0.02
+    head.init_weights()  # as the detector's init_weights: the offset conv is not zeroed
+    assert 0.05 < head.feature_adaption.conv_offset.weight.std() < 0.2
     gn = _head(with_deform=True, norm_cfg=dict(type="GN", num_groups=4))
     assert gn.cls_convs[0].conv.bias is None
     cls, reg = head(_feats(batch=2))

@@ -182,6 +182,13 @@ class FoveaHead(AnchorFreeHead):
         if with_deform:
             self.feature_adaption.init_weights()
 
+    def init_weights(self) -> None:
+        """The base's init, then FeatureAlign's own (its ``conv_offset`` is a plain conv
+        reading the boxes, not a deformable conv's offset branch to start at zero)."""
+        super().init_weights()
+        if self.with_deform:
+            self.feature_adaption.init_weights()
+
     def _build_aligned_cls_branch(self) -> None:
         """FoveaBox-align's classification branch under MMDetection's names (replacing the
         base's ``cls_convs`` and ``conv_cls``)."""
