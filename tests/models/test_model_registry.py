@@ -453,6 +453,9 @@ COMPONENTS = {
                                                          if not k.endswith("_cfg")}),
                     train_cfg=YOLO_HEAD["train_cfg"], test_cfg=YOLO_HEAD["test_cfg"]),
                lambda module: run_yolo_detector(module)),
+    # ResNeXt
+    "ResNeXt": (dict(depth=50, groups=4, base_width=4, num_stages=2, strides=(1, 2),
+                     dilations=(1, 1), out_indices=(0, 1), frozen_stages=-1), run_resnet),
 }
 
 
