@@ -33,6 +33,15 @@ YOLO_HEAD = dict(num_classes=2, in_channels=[8, 8], out_channels=[8, 8], featmap
                                nms=dict(type="nms", iou_threshold=0.45)))
 
 
+YOLOF_HEAD = dict(num_classes=2, in_channels=8, num_cls_convs=1, num_reg_convs=1,
+                  anchor_generator=dict(type="AnchorGenerator", ratios=[1.0], scales=[1, 2, 4],
+                                        strides=[8]),
+                  train_cfg=dict(assigner=dict(type="UniformAssigner", pos_ignore_thr=0.15,
+                                               neg_ignore_thr=0.7),
+                                 allowed_border=-1, pos_weight=-1, debug=False),
+                  test_cfg=TEST_CFG)
+
+
 def _batch(size: int = 32) -> Batch:
     meta = dict(img_shape=(size, size, 3), pad_shape=(size, size, 3), ori_shape=(size, size, 3),
                 scale_factor=np.ones(4, np.float32), flip=False, flip_direction=None)
@@ -453,9 +462,18 @@ COMPONENTS = {
                                                          if not k.endswith("_cfg")}),
                     train_cfg=YOLO_HEAD["train_cfg"], test_cfg=YOLO_HEAD["test_cfg"]),
                lambda module: run_yolo_detector(module)),
-    # ResNeXt
-    "ResNeXt": (dict(depth=50, groups=4, base_width=4, num_stages=2, strides=(1, 2),
-                     dilations=(1, 1), out_indices=(0, 1), frozen_stages=-1), run_resnet),
+    # YOLOF
+    "DilatedEncoder": (dict(in_channels=8, out_channels=8, block_mid_channels=4,
+                            num_residual_blocks=2, block_dilations=[2, 4]), run_fpn),
+    "YOLOFHead": (YOLOF_HEAD, lambda module: run_one_level_head(module)),
+    "YOLOF": (dict(backbone=dict(type="ResNet", depth=18, num_stages=2, strides=(1, 2),
+                                 dilations=(1, 1), out_indices=(1,), frozen_stages=-1),
+                   neck=dict(type="DilatedEncoder", in_channels=128, out_channels=8,
+                             block_mid_channels=4, num_residual_blocks=1, block_dilations=[2]),
+                   bbox_head=dict(type="YOLOFHead", **{k: v for k, v in YOLOF_HEAD.items()
+                                                      if not k.endswith("_cfg")}),
+                   train_cfg=YOLOF_HEAD["train_cfg"], test_cfg=TEST_CFG),
+              run_detector),
 }
 
 
@@ -510,3 +528,13 @@ def run_yolo_detector(module):
     assert all(v > 0 for v in losses.values())
     sum(losses.values()).backward()
     assert len(module.eval().predict(batch)) == 2
+
+
+def run_one_level_head(module):
+    """A one-level head (YOLOF, CenterNet): every loss positive with an object, detections."""
+    raw = module([torch.randn(2, 8, 4, 4)])
+    batch = _batch()
+    losses = module.loss(raw, batch.targets, batch.metas)
+    assert all(v > 0 for v in losses.values())
+    sum(losses.values()).backward()
+    assert len(module.predict(raw, batch.metas)) == 2

@@ -15,7 +15,3 @@ __all__ += ["CSPDarknet"]
 from detlab.models.backbones.darknet import Darknet  # noqa: E402
 
 __all__ += ["Darknet"]
-
-from detlab.models.backbones.resnet import ResNeXt  # noqa: E402
-
-__all__ += ["ResNeXt"]

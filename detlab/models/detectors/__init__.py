@@ -36,3 +36,7 @@ __all__ += ["PAA"]
 from detlab.models.detectors.yolo import YOLOV3  # noqa: E402
 
 __all__ += ["YOLOV3"]
+
+from detlab.models.detectors.yolof import YOLOF  # noqa: E402
+
+__all__ += ["YOLOF"]

@@ -124,3 +124,7 @@ __all__ += ["PAAHead"]
 from detlab.models.heads.yolo_head import YOLOV3Head  # noqa: E402
 
 __all__ += ["YOLOV3Head"]
+
+from detlab.models.heads.yolof_head import YOLOFHead  # noqa: E402
+
+__all__ += ["YOLOFHead"]

@@ -15,3 +15,7 @@ __all__ += ["YOLOXPAFPN"]
 from detlab.models.necks.yolo_neck import YOLOV3Neck  # noqa: E402
 
 __all__ += ["YOLOV3Neck"]
+
+from detlab.models.necks.dilated_encoder import DilatedEncoder  # noqa: E402
+
+__all__ += ["DilatedEncoder"]
