@@ -2,7 +2,8 @@
 
 ``init_cfg`` is a dict or a list of dicts, applied in order:
 
-- ``dict(type='Kaiming' | 'Xavier' | 'Normal' | 'TruncNormal' | 'Uniform' | 'Constant',
+- ``dict(type='Kaiming' | 'Xavier' | 'Normal' | 'TruncNormal' | 'Uniform' | 'Constant' |
+  'Caffe2Xavier',
   layer='Conv2d' | [...], bias=0, bias_prob=None, override=dict(name='retina_cls', ...), ...)``
   initializes every submodule whose class (or a direct base class, e.g. ``_BatchNorm``) is named
   in ``layer``; ``override`` re-initializes the named child, with the parent's type and arguments
@@ -30,12 +31,15 @@ from detlab.checkpoint import (  # noqa: F401  (re-exported for model code)
 from detlab.config import ConfigError, did_you_mean
 from detlab.models.utils import constant_init, kaiming_init
 
-INIT_TYPES = ("Kaiming", "Xavier", "Normal", "TruncNormal", "Uniform", "Constant", "Pretrained")
+INIT_TYPES = ("Kaiming", "Xavier", "Normal", "TruncNormal", "Uniform", "Constant", "Pretrained",
+              "Caffe2Xavier")
+# mmcv's Caffe2Xavier: Caffe2's "Xavier", which is a He-uniform fan-in init with a=1
+_CAFFE2_XAVIER = dict(a=1, mode="fan_in", nonlinearity="leaky_relu", distribution="uniform")
 # what each initializer accepts besides type/layer/override/bias/bias_prob
 _INIT_ARGS = {"Kaiming": ("a", "mode", "nonlinearity", "distribution"),
               "Xavier": ("gain", "distribution"), "Normal": ("mean", "std"),
               "TruncNormal": ("mean", "std", "a", "b"), "Uniform": ("a", "b"),
-              "Constant": ("val",)}
+              "Constant": ("val",), "Caffe2Xavier": ()}
 def bias_init_with_prob(prior_prob: float) -> float:
     """The bias whose sigmoid is ``prior_prob``: ``-log((1 - p) / p)`` (focal-loss prior)."""
     return float(-math.log((1 - prior_prob) / prior_prob))
@@ -110,6 +114,8 @@ def _make_init_fn(cfg: dict[str, Any]) -> Callable[[nn.Module], None]:
         raise ConfigError(f"init_cfg type {kind!r} does not accept {', '.join(unknown)}; it "
                           f"accepts: layer, override, bias, bias_prob, "
                           f"{', '.join(_INIT_ARGS[kind])}")
+    if kind == "Caffe2Xavier":
+        kind, cfg = "Kaiming", dict(_CAFFE2_XAVIER)
 
     def init_weight(weight: torch.Tensor) -> None:
         if kind == "Kaiming":

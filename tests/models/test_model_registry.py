@@ -474,6 +474,18 @@ COMPONENTS = {
                                                       if not k.endswith("_cfg")}),
                    train_cfg=YOLOF_HEAD["train_cfg"], test_cfg=TEST_CFG),
               run_detector),
+    # AutoAssign (losses loss_pos / loss_neg / loss_center)
+    "AutoAssignHead": (dict(num_classes=2, in_channels=8, feat_channels=8, stacked_convs=1,
+                            strides=[8, 16], norm_cfg=dict(type="GN", num_groups=4),
+                            loss_bbox=dict(type="GIoULoss", loss_weight=5.0),
+                            test_cfg=TEST_CFG),
+                       lambda module: run_autoassign(module)),
+    "AutoAssign": (dict(DETECTOR, bbox_head=dict(type="AutoAssignHead", num_classes=2,
+                                                 in_channels=8, feat_channels=8,
+                                                 stacked_convs=1, strides=[8, 16],
+                                                 norm_cfg=dict(type="GN", num_groups=4)),
+                        train_cfg=None),
+                   lambda module: run_autoassign(module)),
 }
 
 
@@ -538,3 +550,21 @@ def run_one_level_head(module):
     assert all(v > 0 for v in losses.values())
     sum(losses.values()).backward()
     assert len(module.predict(raw, batch.metas)) == 2
+
+
+def run_autoassign(module):
+    """AutoAssign's head or detector: its three losses positive, a gradient to the center
+    prior too, detections."""
+    batch = _batch()
+    if hasattr(module, "backbone"):
+        losses = module.loss(batch)
+    else:
+        raw = module([torch.randn(2, 8, 4, 4), torch.randn(2, 8, 2, 2)])
+        losses = module.loss(raw, batch.targets, batch.metas)
+    assert set(losses) == {"loss_pos", "loss_neg", "loss_center"}
+    assert all(v > 0 for v in losses.values())
+    sum(losses.values()).backward()
+    if hasattr(module, "backbone"):
+        assert len(module.eval().predict(batch)) == 2
+    else:
+        assert len(module.predict(raw, batch.metas)) == 2

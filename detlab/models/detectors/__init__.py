@@ -40,3 +40,7 @@ __all__ += ["YOLOV3"]
 from detlab.models.detectors.yolof import YOLOF  # noqa: E402
 
 __all__ += ["YOLOF"]
+
+from detlab.models.detectors.autoassign import AutoAssign  # noqa: E402
+
+__all__ += ["AutoAssign"]

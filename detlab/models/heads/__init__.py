@@ -128,3 +128,7 @@ __all__ += ["YOLOV3Head"]
 from detlab.models.heads.yolof_head import YOLOFHead  # noqa: E402
 
 __all__ += ["YOLOFHead"]
+
+from detlab.models.heads.autoassign_head import AutoAssignHead  # noqa: E402
+
+__all__ += ["AutoAssignHead"]
