@@ -15,3 +15,7 @@ __all__ += ["CSPDarknet"]
 from detlab.models.backbones.darknet import Darknet  # noqa: E402
 
 __all__ += ["Darknet"]
+
+from detlab.models.backbones.efficientnet import EfficientNet  # noqa: E402
+
+__all__ += ["EfficientNet"]
