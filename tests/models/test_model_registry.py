@@ -486,8 +486,8 @@ COMPONENTS = {
                                                  norm_cfg=dict(type="GN", num_groups=4)),
                         train_cfg=None),
                    lambda module: run_autoassign(module)),
-    # EfficientNet
-    "EfficientNet": (dict(arch="b0", out_indices=(2, 3)), run_resnet),
+    # MobileNetV2 (SSDlite, YOLOv3-MobileNetV2)
+    "MobileNetV2": (dict(widen_factor=0.25, out_indices=(6, 7)), run_resnet),
 }
 
 

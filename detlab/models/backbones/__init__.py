@@ -16,6 +16,6 @@ from detlab.models.backbones.darknet import Darknet  # noqa: E402
 
 __all__ += ["Darknet"]
 
-from detlab.models.backbones.efficientnet import EfficientNet  # noqa: E402
+from detlab.models.backbones.mobilenet_v2 import MobileNetV2  # noqa: E402
 
-__all__ += ["EfficientNet"]
+__all__ += ["MobileNetV2"]
