@@ -121,3 +121,27 @@ def test_losses_match_mmdetection(ssdlite_pair, empty):
 
 def test_detections_match_mmdetection(ssdlite_pair):
     compare_detections(*ssdlite_pair)
+
+
+def test_full_size_zoo_model_matches_mmdetection_at_320():
+    """The unmodified zoo SSDlite (MobileNetV2 at full width, 80 classes) on a 320 x 320
+    input: MMDetection's weights load strictly and give the same head outputs, six levels of
+    20 x 20 down to 1 x 1."""
+    import_mmdet()
+    from mmdet.models import build_detector
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = build_detector(load_mmdet_config(SSDLITE).model)
+    _vary_norms(reference)
+    ours = build_model(Config.fromfile(REPO / "configs" / SSDLITE).model)
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    images = torch.randn(1, 3, 320, 320, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = reference.eval().bbox_head(reference.extract_feat(images))
+        actual = ours.eval()(images)
+    assert [m.shape[-1] for m in actual[0]] == [20, 10, 5, 3, 2, 1]
+    for ours_levels, reference_levels in zip(actual, expected, strict=True):
+        for a, e in zip(ours_levels, reference_levels, strict=True):
+            torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-6)
