@@ -42,6 +42,27 @@ YOLOF_HEAD = dict(num_classes=2, in_channels=8, num_cls_convs=1, num_reg_convs=1
                   test_cfg=TEST_CFG)
 
 
+FSAF_HEAD = dict(num_classes=2, in_channels=8, feat_channels=8, stacked_convs=1,
+                 reg_decoded_bbox=True,
+                 anchor_generator=dict(type="AnchorGenerator", octave_base_scale=1,
+                                       scales_per_octave=1, ratios=[1.0], strides=[8, 16]),
+                 bbox_coder=dict(type="TBLRBBoxCoder", normalizer=4.0),
+                 loss_cls=dict(type="FocalLoss", use_sigmoid=True, reduction="none"),
+                 loss_bbox=dict(type="IoULoss", eps=1e-6, reduction="none"),
+                 train_cfg=dict(TRAIN_CFG, assigner=dict(type="CenterRegionAssigner",
+                                                         pos_scale=0.5, neg_scale=0.8,
+                                                         min_pos_iof=0.01)),
+                 test_cfg=TEST_CFG)
+DDOD_HEAD = dict(num_classes=2, in_channels=8, feat_channels=8, stacked_convs=1,
+                 norm_cfg=dict(type="GN", num_groups=4),
+                 anchor_generator=dict(type="AnchorGenerator", ratios=[1.0], octave_base_scale=4,
+                                       scales_per_octave=1, strides=[8, 16]),
+                 loss_cls=dict(type="FocalLoss", use_sigmoid=True),
+                 loss_bbox=dict(type="GIoULoss", loss_weight=2.0),
+                 train_cfg=dict(TRAIN_CFG, assigner=dict(type="ATSSAssigner", topk=9, alpha=0.8),
+                                reg_assigner=dict(type="ATSSAssigner", topk=9, alpha=0.5)),
+                 test_cfg=TEST_CFG)
+
 def _batch(size: int = 32) -> Batch:
     meta = dict(img_shape=(size, size, 3), pad_shape=(size, size, 3), ori_shape=(size, size, 3),
                 scale_factor=np.ones(4, np.float32), flip=False, flip_direction=None)
@@ -488,6 +509,23 @@ COMPONENTS = {
                    lambda module: run_autoassign(module)),
     # MobileNetV2 (SSDlite, YOLOv3-MobileNetV2)
     "MobileNetV2": (dict(widen_factor=0.25, out_indices=(6, 7)), run_resnet),
+    # FSAF
+    "FSAFHead": (FSAF_HEAD, run_head),
+    "FSAF": (dict(DETECTOR, bbox_head=dict({k: v for k, v in FSAF_HEAD.items()
+                                            if k not in ("train_cfg", "test_cfg")},
+                                           type="FSAFHead"),
+                  train_cfg=FSAF_HEAD["train_cfg"]), run_detector),
+    # DDOD
+    "DDODHead": (DDOD_HEAD, run_head),
+    "DDOD": (dict(DETECTOR, bbox_head=dict({k: v for k, v in DDOD_HEAD.items()
+                                            if k not in ("train_cfg", "test_cfg")},
+                                           type="DDODHead"),
+                  train_cfg=DDOD_HEAD["train_cfg"]), run_detector),
+    # NAS-FPN: RetinaSepBNHead, NASFPN
+    "RetinaSepBNHead": (dict({k: v for k, v in HEAD.items() if k != "type"}, num_ins=2,
+                             norm_cfg=dict(type="BN", requires_grad=True)), run_head),
+    "NASFPN": (dict(in_channels=[4, 8], out_channels=8, num_outs=5, stack_times=1,
+                    norm_cfg=dict(type="BN", requires_grad=True)), run_fpn),
 }
 
 

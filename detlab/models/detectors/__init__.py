@@ -44,3 +44,11 @@ __all__ += ["YOLOF"]
 from detlab.models.detectors.autoassign import AutoAssign  # noqa: E402
 
 __all__ += ["AutoAssign"]
+
+from detlab.models.detectors.fsaf import FSAF  # noqa: E402
+
+__all__ += ["FSAF"]
+
+from detlab.models.detectors.ddod import DDOD  # noqa: E402
+
+__all__ += ["DDOD"]

@@ -132,3 +132,11 @@ __all__ += ["YOLOFHead"]
 from detlab.models.heads.autoassign_head import AutoAssignHead  # noqa: E402
 
 __all__ += ["AutoAssignHead"]
+
+from detlab.models.heads.fsaf_head import FSAFHead  # noqa: E402
+
+__all__ += ["FSAFHead"]
+
+from detlab.models.heads.ddod_head import DDODHead  # noqa: E402
+
+__all__ += ["DDODHead"]
