@@ -63,6 +63,7 @@ DDOD_HEAD = dict(num_classes=2, in_channels=8, feat_channels=8, stacked_convs=1,
                                 reg_assigner=dict(type="ATSSAssigner", topk=9, alpha=0.5)),
                  test_cfg=TEST_CFG)
 
+
 def _batch(size: int = 32) -> Batch:
     meta = dict(img_shape=(size, size, 3), pad_shape=(size, size, 3), ori_shape=(size, size, 3),
                 scale_factor=np.ones(4, np.float32), flip=False, flip_direction=None)
