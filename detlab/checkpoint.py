@@ -1,7 +1,9 @@
 """Checkpoints: written atomically, loaded with ``weights_only=True``, mismatches reported.
 
-Sources are files, http(s) URLs and ``torchvision://NAME`` (torchvision's ImageNet weights),
-downloaded through torch.hub's cache. A checkpoint is a dict in MMDetection's layout: ``meta``
+Sources are files, http(s) URLs, ``torchvision://NAME`` (torchvision's ImageNet weights) and the
+names MMDetection 2.x configs use for OpenMMLab's published weights, ``open-mmlab://NAME`` and
+``mmcls://NAME`` (their addresses are in ``pretrained_urls.json``), downloaded through torch.hub's
+cache. A checkpoint is a dict in MMDetection's layout: ``meta``
 (epoch, iter, config text, class names, detlab version, time), ``state_dict`` (the model's) and
 ``optimizer`` (its state), so that files move between detlab and MMDetection-style tools.
 """
@@ -9,6 +11,8 @@ downloaded through torch.hub's cache. A checkpoint is a dict in MMDetection's la
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import logging
 import os
 import shutil
@@ -174,6 +178,41 @@ def torchvision_weights_url(name: str) -> str:
     return member.url
 
 
+@functools.cache
+def _pretrained_urls() -> dict[str, dict[str, str]]:
+    path = os.path.join(os.path.dirname(__file__), "pretrained_urls.json")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def openmmlab_weights_url(source: str) -> str:
+    """The download URL of ``open-mmlab://NAME`` or ``mmcls://NAME``, the pretrained weights
+    MMDetection 2.x configs name (``open-mmlab://detectron2/resnet50_caffe``,
+    ``open-mmlab://resnext101_64x4d``, ``mmcls://mobilenet_v2`` ...). An older open-mmlab name
+    that OpenMMLab has since renamed (``open-mmlab://resnet50_caffe``) gives the renamed entry's
+    address with a warning, as MMDetection does."""
+    scheme, _, name = source.partition("://")
+    table = _pretrained_urls()["mmcls" if scheme == "mmcls" else "open-mmlab"]
+    if scheme == "open-mmlab" and name in _pretrained_urls()["open-mmlab-renamed"]:
+        renamed = _pretrained_urls()["open-mmlab-renamed"][name]
+        warnings.warn(f"{source} is an old name of open-mmlab://{renamed}; write that instead",
+                      DeprecationWarning, stacklevel=3)
+        name = renamed
+    if name not in table:
+        hits = closest(name, list(table))
+        hint = f" Did you mean {' or '.join(f'{scheme}://{h}' for h in hits)}?" if hits else ""
+        raise ConfigError(f"{source}: no such entry among OpenMMLab's published {scheme} weights "
+                          f"({len(table)} names, listed in detlab/pretrained_urls.json).{hint} "
+                          f"Pass a local file or an http(s) URL instead.")
+    return table[name]
+
+
+def _mmcls_backbone(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """An MMClassification classifier's weights as its backbone's: the ``backbone.`` entries,
+    the prefix dropped (its neck and head do not belong to a detector)."""
+    return {k[len("backbone."):]: v for k, v in state_dict.items() if k.startswith("backbone.")}
+
+
 def _download_hint(url: str) -> str:
     filename = os.path.basename(urlparse(url).path)
     cached = os.path.join(torch.hub.get_dir(), "checkpoints", filename)
@@ -209,16 +248,25 @@ def _load_source(source: str, map_location: Any) -> Any:
                          map_location)
     if source.startswith(("http://", "https://")):
         return _load_url(source, source, map_location)
+    if source.startswith(("open-mmlab://", "mmcls://")):
+        raw = _load_url(source, openmmlab_weights_url(source), map_location)
+        if source.startswith("mmcls://"):
+            weights = raw.get("state_dict", raw) if isinstance(raw, Mapping) else raw
+            if isinstance(weights, Mapping):
+                return _mmcls_backbone(weights)
+        return raw
     if "://" in source:
-        raise ConfigError(f"checkpoint {source!r}: detlab reads torchvision://NAME, http(s) URLs "
-                          f"and local files; download the file and pass its path")
+        raise ConfigError(f"checkpoint {source!r}: detlab reads torchvision://NAME, "
+                          f"open-mmlab://NAME, mmcls://NAME, http(s) URLs and local files; "
+                          f"download the file and pass its path")
     return _load_file(os.path.expanduser(source), map_location)
 
 
 def read_checkpoint(source: str | os.PathLike, map_location: str | torch.device = "cpu"
                     ) -> dict[str, Any]:
-    """The checkpoint at ``source`` -- a file, an http(s) URL or ``torchvision://NAME`` (both
-    through torch.hub's cache under ``$TORCH_HOME/hub/checkpoints``) -- read with
+    """The checkpoint at ``source`` -- a file, an http(s) URL, ``torchvision://NAME``,
+    ``open-mmlab://NAME`` or ``mmcls://NAME`` (all but files through torch.hub's cache under
+    ``$TORCH_HOME/hub/checkpoints``) -- read with
     ``weights_only=True``, as a dict with ``state_dict`` and ``meta`` (empty for a bare state
     dict; a ``model`` entry counts as the state dict; ``module.`` prefixes are dropped)."""
     if not isinstance(source, (str, os.PathLike)) or not str(source):
