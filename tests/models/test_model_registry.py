@@ -527,6 +527,14 @@ COMPONENTS = {
                              norm_cfg=dict(type="BN", requires_grad=True)), run_head),
     "NASFPN": (dict(in_channels=[4, 8], out_channels=8, num_outs=5, stack_times=1,
                     norm_cfg=dict(type="BN", requires_grad=True)), run_fpn),
+    # ResNeXt
+    "ResNeXt": (dict(depth=50, groups=4, base_width=4, num_stages=2, strides=(1, 2),
+                     dilations=(1, 1), out_indices=(0, 1), frozen_stages=-1), run_resnet),
+    # NAS-FPN: RetinaSepBNHead, NASFPN
+    "RetinaSepBNHead": (dict({k: v for k, v in HEAD.items() if k != "type"}, num_ins=2,
+                             norm_cfg=dict(type="BN", requires_grad=True)), run_head),
+    "NASFPN": (dict(in_channels=[4, 8], out_channels=8, num_outs=5, stack_times=1,
+                    norm_cfg=dict(type="BN", requires_grad=True)), run_fpn),
 }
 
 

@@ -19,3 +19,7 @@ __all__ += ["Darknet"]
 from detlab.models.backbones.mobilenet_v2 import MobileNetV2  # noqa: E402
 
 __all__ += ["MobileNetV2"]
+
+from detlab.models.backbones.resnet import ResNeXt  # noqa: E402
+
+__all__ += ["ResNeXt"]

@@ -45,7 +45,7 @@ def _norm(norm_cfg: Mapping, num_features: int) -> nn.Module:
 
 def make_block(block: type[nn.Module], inplanes: int, planes: int, stride: int, dilation: int,
                style: str, norm_cfg: Mapping, downsample: nn.Module | None,
-               dcn: Mapping | None = None) -> nn.Module:
+               dcn: Mapping | None = None, groups: int = 1, base_width: int = 64) -> nn.Module:
     """One torchvision residual block with MMDetection's stride/dilation placement.
 
     Bottleneck, ``'pytorch'`` style: stride on the 3x3 conv (torchvision's own layout);
@@ -53,11 +53,14 @@ def make_block(block: type[nn.Module], inplanes: int, planes: int, stride: int, 
     ``dcn`` (Bottleneck only): the 3x3 ``conv2`` becomes the deformable conv it names, e.g.
     ``dict(type='DCN', deform_groups=1, fallback_on_stride=False)``; as in MMDetection,
     ``fallback_on_stride=True`` keeps a plain conv2 (whatever the block's stride).
+    ``groups`` / ``base_width`` (Bottleneck only): the 3x3 conv has ``groups`` groups and the
+    block's inner width is ``floor(planes * base_width / 64) * groups`` -- torchvision's (and
+    MMDetection's ResNeXt) rule; ``groups=1, base_width=64`` is the plain ResNet block.
     """
     norm_layer = partial(_norm, norm_cfg)
     if block is Bottleneck:
-        layer = Bottleneck(inplanes, planes, stride, downsample, dilation=dilation,
-                           norm_layer=norm_layer)
+        layer = Bottleneck(inplanes, planes, stride, downsample, groups=groups,
+                           base_width=base_width, dilation=dilation, norm_layer=norm_layer)
         if style == "caffe" and stride != 1:
             layer.conv1.stride, layer.conv2.stride = (stride, stride), (1, 1)
         if dcn is not None:
@@ -66,8 +69,12 @@ def make_block(block: type[nn.Module], inplanes: int, planes: int, stride: int, 
                 conv2 = layer.conv2
                 layer.conv2 = build_conv_layer(dcn, conv2.in_channels, conv2.out_channels,
                                                kernel_size=3, stride=conv2.stride,
-                                               padding=dilation, dilation=dilation, bias=False)
+                                               padding=dilation, dilation=dilation,
+                                               groups=conv2.groups, bias=False)
         return layer
+    if groups != 1 or base_width != 64:
+        raise ConfigError("grouped / wider 3x3 convs (ResNeXt groups, base_width) need "
+                          "Bottleneck blocks (depth 50, 101 or 152)")
     if dcn is not None:
         raise ConfigError("ResNet dcn= needs Bottleneck blocks (depth 50, 101 or 152); "
                           "MMDetection's BasicBlock (depth 18 / 34) has no deformable conv")
@@ -79,18 +86,22 @@ def make_block(block: type[nn.Module], inplanes: int, planes: int, stride: int, 
 
 def make_res_layer(block: type[nn.Module], inplanes: int, planes: int, num_blocks: int,
                    stride: int, dilation: int, style: str, norm_cfg: Mapping,
-                   dcn: Mapping | None = None) -> nn.Sequential:
+                   dcn: Mapping | None = None, groups: int = 1,
+                   base_width: int = 64) -> nn.Sequential:
     """A stage of ``num_blocks`` blocks; the first one downsamples (1x1 conv + norm, torchvision's
-    ``downsample.0`` / ``downsample.1``) when the stride or the channel count changes."""
+    ``downsample.0`` / ``downsample.1``) when the stride or the channel count changes.
+    ``groups`` / ``base_width``: see :func:`make_block`."""
     out_channels = planes * block.expansion
     downsample = None
     if stride != 1 or inplanes != out_channels:
         downsample = nn.Sequential(
             nn.Conv2d(inplanes, out_channels, kernel_size=1, stride=stride, bias=False),
             _norm(norm_cfg, out_channels))
+    width = dict(groups=groups, base_width=base_width)
     blocks = [make_block(block, inplanes, planes, stride, dilation, style, norm_cfg, downsample,
-                         dcn)]
-    blocks += [make_block(block, out_channels, planes, 1, dilation, style, norm_cfg, None, dcn)
+                         dcn, **width)]
+    blocks += [make_block(block, out_channels, planes, 1, dilation, style, norm_cfg, None, dcn,
+                          **width)
                for _ in range(1, num_blocks)]
     return nn.Sequential(*blocks)
 
@@ -120,6 +131,10 @@ class ResNet(nn.Module):
         init_cfg: ``dict(type='Pretrained', checkpoint='torchvision://resnet50')`` loads weights
             in :meth:`init_weights`; None is He init.
         pretrained: deprecated spelling of ``init_cfg=dict(type='Pretrained', checkpoint=...)``.
+        groups, base_width: the Bottlenecks' grouped 3x3 convs and inner width
+            ``floor(planes * base_width / 64) * groups`` (torchvision's ``groups`` /
+            ``width_per_group``). MMDetection's ResNet has no such arguments: its configs reach
+            them through ``type='ResNeXt'`` (:class:`ResNeXt`); the defaults are plain ResNet.
     """
 
     def __init__(self, depth: int, in_channels: int = 3, num_stages: int = 4,
@@ -132,7 +147,8 @@ class ResNet(nn.Module):
                  stage_with_dcn: Sequence[bool] = (False, False, False, False),
                  zero_init_residual: bool = True,
                  init_cfg: Mapping | Sequence[Mapping] | None = None,
-                 pretrained: str | None = None) -> None:
+                 pretrained: str | None = None, *, groups: int = 1,
+                 base_width: int = 64) -> None:
         super().__init__()
         self._check_args(depth, num_stages, strides, dilations, out_indices, style,
                          frozen_stages)
@@ -163,7 +179,8 @@ class ResNet(nn.Module):
             planes = 64 * 2**i
             stage_dcn = self.dcn if dcn is not None and self.stage_with_dcn[i] else None
             layer = make_res_layer(block, inplanes, planes, stage_blocks[i], strides[i],
-                                   dilations[i], style, norm_cfg, stage_dcn)
+                                   dilations[i], style, norm_cfg, stage_dcn, groups=groups,
+                                   base_width=base_width)
             self.add_module(f"layer{i + 1}", layer)
             inplanes = planes * block.expansion
             self.stage_channels.append(inplanes)
@@ -253,3 +270,39 @@ class ResNet(nn.Module):
             if i in self.out_indices:
                 outs.append(x)
         return tuple(outs)
+
+
+@MODELS.register_module()
+class ResNeXt(ResNet):
+    """ResNeXt-50/101/152 (MMDetection's ``ResNeXt``): a :class:`ResNet` whose Bottlenecks have
+    ``groups`` grouped 3x3 convs of width ``floor(planes * base_width / 64) * groups``.
+
+    ``ResNeXt(depth=101, groups=64, base_width=4)`` is MMDetection's ``x101_64x4d``; parameter
+    names are ResNet's (torchvision's ``resnext50_32x4d`` weights load by name). With
+    ``groups=1`` the blocks are plain ResNet Bottlenecks whatever ``base_width`` says, as in
+    MMDetection. Every other argument is :class:`ResNet`'s (``style``, ``dcn`` /
+    ``stage_with_dcn`` -- the deformable conv2 keeps the groups --, ``frozen_stages``,
+    ``norm_eval``, ``init_cfg`` ...).
+    """
+
+    def __init__(self, depth: int, groups: int = 1, base_width: int = 4, in_channels: int = 3,
+                 num_stages: int = 4, strides: Sequence[int] = (1, 2, 2, 2),
+                 dilations: Sequence[int] = (1, 1, 1, 1),
+                 out_indices: Sequence[int] = (0, 1, 2, 3), style: str = "pytorch",
+                 frozen_stages: int = -1, norm_cfg: Mapping = BN, norm_eval: bool = True,
+                 with_cp: bool = False, dcn: Mapping | None = None,
+                 stage_with_dcn: Sequence[bool] = (False, False, False, False),
+                 zero_init_residual: bool = True,
+                 init_cfg: Mapping | Sequence[Mapping] | None = None,
+                 pretrained: str | None = None) -> None:
+        if depth not in (50, 101, 152):
+            raise ConfigError(f"ResNeXt depth must be 50, 101 or 152 (Bottleneck depths), got "
+                              f"{depth!r}; use type='ResNet' for depth 18 / 34")
+        if groups < 1 or base_width < 1:
+            raise ConfigError(f"ResNeXt groups and base_width must be positive, got "
+                              f"groups={groups}, base_width={base_width}")
+        super().__init__(depth, in_channels, num_stages, strides, dilations, out_indices, style,
+                         frozen_stages, norm_cfg, norm_eval, with_cp, dcn, stage_with_dcn,
+                         zero_init_residual, init_cfg, pretrained, groups=groups,
+                         base_width=base_width if groups > 1 else 64)
+        self.groups, self.base_width = groups, base_width

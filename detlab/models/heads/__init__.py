@@ -140,3 +140,7 @@ __all__ += ["FSAFHead"]
 from detlab.models.heads.ddod_head import DDODHead  # noqa: E402
 
 __all__ += ["DDODHead"]
+
+from detlab.models.heads.retina_sepbn_head import RetinaSepBNHead  # noqa: E402
+
+__all__ += ["RetinaSepBNHead"]

@@ -19,3 +19,7 @@ __all__ += ["YOLOV3Neck"]
 from detlab.models.necks.dilated_encoder import DilatedEncoder  # noqa: E402
 
 __all__ += ["DilatedEncoder"]
+
+from detlab.models.necks.nas_fpn import NASFPN  # noqa: E402
+
+__all__ += ["NASFPN"]
