@@ -64,6 +64,10 @@ DDOD_HEAD = dict(num_classes=2, in_channels=8, feat_channels=8, stacked_convs=1,
                  test_cfg=TEST_CFG)
 
 
+CENTERNET_HEAD = dict(in_channel=8, feat_channel=8, num_classes=2,
+                      test_cfg=dict(topk=10, local_maximum_kernel=3, max_per_img=10))
+
+
 def _batch(size: int = 32) -> Batch:
     meta = dict(img_shape=(size, size, 3), pad_shape=(size, size, 3), ori_shape=(size, size, 3),
                 scale_factor=np.ones(4, np.float32), flip=False, flip_direction=None)
@@ -535,6 +539,18 @@ COMPONENTS = {
                              norm_cfg=dict(type="BN", requires_grad=True)), run_head),
     "NASFPN": (dict(in_channels=[4, 8], out_channels=8, num_outs=5, stack_times=1,
                     norm_cfg=dict(type="BN", requires_grad=True)), run_fpn),
+    # CenterNet
+    "CTResNetNeck": (dict(in_channel=8, num_deconv_filters=(8, 4), num_deconv_kernels=(4, 4)),
+                     run_fpn),
+    "CenterNetHead": (CENTERNET_HEAD, lambda module: run_one_level_head(module)),
+    "CenterNet": (dict(backbone=dict(type="ResNet", depth=18, num_stages=2, strides=(1, 2),
+                                     dilations=(1, 1), out_indices=(1,), frozen_stages=-1),
+                       neck=dict(type="CTResNetNeck", in_channel=128, num_deconv_filters=(8,),
+                                 num_deconv_kernels=(4,)),
+                       bbox_head=dict(type="CenterNetHead", in_channel=8, feat_channel=8,
+                                      num_classes=2),
+                       test_cfg=CENTERNET_HEAD["test_cfg"]),
+                  lambda module: run_one_level_detector(module)),
 }
 
 
@@ -617,3 +633,12 @@ def run_autoassign(module):
         assert len(module.eval().predict(batch)) == 2
     else:
         assert len(module.predict(raw, batch.metas)) == 2
+
+
+def run_one_level_detector(module):
+    """A detector of a one-level head whose losses are not loss_cls / loss_bbox (CenterNet)."""
+    batch = _batch()
+    losses = module.loss(batch)
+    assert all(v > 0 for v in losses.values())
+    sum(losses.values()).backward()
+    assert len(module.eval().predict(batch)) == 2

@@ -52,3 +52,7 @@ __all__ += ["FSAF"]
 from detlab.models.detectors.ddod import DDOD  # noqa: E402
 
 __all__ += ["DDOD"]
+
+from detlab.models.detectors.centernet import CenterNet  # noqa: E402
+
+__all__ += ["CenterNet"]

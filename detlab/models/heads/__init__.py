@@ -144,3 +144,7 @@ __all__ += ["DDODHead"]
 from detlab.models.heads.retina_sepbn_head import RetinaSepBNHead  # noqa: E402
 
 __all__ += ["RetinaSepBNHead"]
+
+from detlab.models.heads.centernet_head import CenterNetHead  # noqa: E402
+
+__all__ += ["CenterNetHead"]

@@ -23,3 +23,7 @@ __all__ += ["DilatedEncoder"]
 from detlab.models.necks.nas_fpn import NASFPN  # noqa: E402
 
 __all__ += ["NASFPN"]
+
+from detlab.models.necks.ct_resnet_neck import CTResNetNeck  # noqa: E402
+
+__all__ += ["CTResNetNeck"]
