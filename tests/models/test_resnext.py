@@ -60,7 +60,7 @@ THREE_STAGES = dict(num_stages=3, strides=(1, 2, 2), dilations=(1, 1, 1), out_in
     dict(depth=50, groups=1, base_width=4, **dict(THREE_STAGES, out_indices=(0, 2))),
     dict(depth=50, groups=32, base_width=4, dcn=dict(type="DCNv2", deform_groups=1,
                                                      fallback_on_stride=False),
-         stage_with_dcn=(False, True, True), **THREE_STAGES),
+         stage_with_dcn=(False, False, True), **THREE_STAGES),
 ], ids=["64x4d", "32x4d-caffe", "groups1", "32x4d-dcnv2"])
 def test_same_state_dict_and_outputs_as_mmdetection(args):
     reference = _mmdet_resnext(**args)
