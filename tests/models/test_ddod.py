@@ -51,20 +51,17 @@ def compare_losses(reference, ours, empty=False):
     return actual
 
 
-@pytest.mark.slow
 def test_head_outputs_match_mmdetection(ddod_pair):
     reference, ours = ddod_pair
     assert isinstance(ours.bbox_head.cls_convs[0].conv, DeformConv2dPack)
     compare_outputs(reference, ours)
 
 
-@pytest.mark.slow
 def test_losses_match_mmdetection(ddod_pair):
     losses = compare_losses(*ddod_pair)
     assert all(v > 0 for v in losses.values())
 
 
-@pytest.mark.slow
 def test_empty_ground_truth_losses_match_mmdetection(ddod_pair):
     """After the other losses: the reweight factors count their positives too."""
     losses = compare_losses(*ddod_pair, empty=True)
@@ -72,7 +69,6 @@ def test_empty_ground_truth_losses_match_mmdetection(ddod_pair):
     assert losses["loss_bbox"] == 0 and losses["loss_iou"] == 0
 
 
-@pytest.mark.slow
 def test_detections_match_mmdetection(ddod_pair):
     compare_detections(*ddod_pair)
 

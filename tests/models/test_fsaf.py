@@ -42,7 +42,6 @@ def fsaf_pair():
         return build_pair(FSAF, "retina_cls")
 
 
-@pytest.mark.slow
 def test_head_outputs_match_mmdetection(fsaf_pair):
     reference, ours = fsaf_pair
     images = torch.randn(2, 3, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(1))
@@ -71,19 +70,16 @@ def compare_losses(reference, ours, empty=False):
     return actual
 
 
-@pytest.mark.slow
 def test_losses_match_mmdetection(fsaf_pair):
     losses = compare_losses(*fsaf_pair)
     assert losses["loss_cls"] > 0 and losses["loss_bbox"] > 0 and losses["num_pos"] > 0
 
 
-@pytest.mark.slow
 def test_empty_ground_truth_losses_match_mmdetection(fsaf_pair):
     losses = compare_losses(*fsaf_pair, empty=True)
     assert losses["loss_cls"] > 0 and losses["loss_bbox"] == 0 and losses["num_pos"] == 0
 
 
-@pytest.mark.slow
 def test_detections_match_mmdetection(fsaf_pair):
     compare_detections(*fsaf_pair)
 
