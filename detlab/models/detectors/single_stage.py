@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import inspect
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -62,6 +64,7 @@ class SingleStageDetector(nn.Module):
         self.train_cfg, self.test_cfg, self.init_cfg = thaw(train_cfg), thaw(test_cfg), \
             thaw(init_cfg)
         self._check_channels()
+        self._strides_checked = False  # the first forward compares them with the maps'
 
     def _check_channels(self) -> None:
         """Fail early, naming the config keys, when the parts do not fit together."""
@@ -81,7 +84,11 @@ class SingleStageDetector(nn.Module):
                               f"{'neck' if self.neck is not None else 'backbone'}'s output "
                               f"channels {sorted(set(out))}")
         levels = getattr(getattr(self.bbox_head, "prior_generator", None), "num_levels", None)
-        if out is not None and levels is not None and levels != len(out):
+        # a head that reads the leading maps (YOLOXHead, as in MMDetection) builds with more
+        # maps than levels; the first forward warns (FeatureStrideWarning)
+        reads_leading = getattr(self.bbox_head, "reads_leading_levels", False)
+        if out is not None and levels is not None and levels != len(out) \
+                and not (reads_leading and levels < len(out)):
             raise ConfigError(f"model.bbox_head's priors have {levels} levels (the strides of "
                               f"bbox_head.anchor_generator, or bbox_head.strides) but the "
                               f"{'neck' if self.neck is not None else 'backbone'} gives "
@@ -111,8 +118,17 @@ class SingleStageDetector(nn.Module):
 
     def forward(self, images: torch.Tensor) -> Any:
         """Raw head outputs of ``(B, 3, H, W)`` images: a dense head's tuple of per-level map
-        lists, e.g. (classification maps, regression maps[, score-factor maps])."""
-        return self.bbox_head(self.extract_feat(images))
+        lists, e.g. (classification maps, regression maps[, score-factor maps]).
+
+        The first call also compares the head's strides with the maps' sizes and warns once
+        (:class:`FeatureStrideWarning`) when they disagree."""
+        feats = self.extract_feat(images)
+        if not self._strides_checked:
+            self._strides_checked = True
+            problem = feature_stride_mismatch(self.bbox_head, self.neck, images, feats)
+            if problem is not None:
+                warnings.warn(problem, FeatureStrideWarning, stacklevel=2)
+        return self.bbox_head(feats)
 
     def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Losses of a training batch (every key starts with ``loss``; the trainer sums them)."""
@@ -130,6 +146,67 @@ class SingleStageDetector(nn.Module):
         for result in results:
             result.class_names = classes
         return results
+
+
+class FeatureStrideWarning(UserWarning):
+    """The head's strides are not those of the feature maps it reads, or the neck gives maps
+    the head never reads: the model trains, but its priors sit in the wrong places."""
+
+
+def _stride_key(head: nn.Module) -> str:
+    """The config key of a head's strides (``strides`` or ``anchor_generator.strides``)."""
+    params = inspect.signature(type(head).__init__).parameters
+    if "strides" in params:
+        return "model.bbox_head.strides"
+    if "anchor_generator" in params:
+        return "model.bbox_head.anchor_generator.strides"
+    return "model.bbox_head's prior strides"
+
+
+def _real_stride(size: int, cells: int) -> int:
+    """The stride of a map of ``cells`` over ``size`` input pixels, as the power of two
+    nearest to the ratio (maps are ``ceil`` or ``floor`` of the size over the stride)."""
+    return 2 ** round(math.log2(size / cells))
+
+
+def feature_stride_mismatch(head: nn.Module, neck: nn.Module | None, images: torch.Tensor,
+                            feats: Sequence[torch.Tensor]) -> str | None:
+    """A message saying what to change when the head's prior strides disagree with the maps it
+    reads (a map of a ``(H, W)`` input at stride ``s`` has ``floor`` or ``ceil`` of ``H / s``
+    rows), or when the neck gives more maps than the head reads; None when all agree.
+
+    Works on any head with a ``prior_generator``; the others are not checked."""
+    generator = getattr(head, "prior_generator", None)
+    if generator is None or not hasattr(generator, "strides"):
+        return None
+    height, width = images.shape[-2:]
+    used = feats[:generator.num_levels]
+    nominal = [tuple(s) if isinstance(s, Sequence) else (s, s) for s in generator.strides]
+    real = [_real_stride(height, f.shape[-2]) for f in used]
+    wrong = any(f.shape[-1] not in (width // sw, -(-width // sw))
+                or f.shape[-2] not in (height // sh, -(-height // sh))
+                for f, (sw, sh) in zip(used, nominal, strict=False))
+    unread = len(feats) - len(used)
+    if not wrong and not unread:
+        return None
+    name = type(head).__name__
+    shown = [sw if sw == sh else (sw, sh) for sw, sh in nominal]
+    sizes = ", ".join(f"{f.shape[-2]}x{f.shape[-1]}" for f in used)
+    parts, fixes = [], []
+    if wrong:
+        parts.append(f"{_stride_key(head)}={shown} are not the strides of the feature maps "
+                     f"{name} reads: for the {height}x{width} input they are {sizes}, i.e. at "
+                     f"strides {real}, so its priors and box decoding assume cells of the "
+                     f"wrong size")
+        fixes.append(f"{_stride_key(head)}={real}")
+    if unread:
+        num_outs = getattr(neck, "num_outs", None)
+        where = f"model.neck.num_outs={num_outs}" if num_outs is not None else "the neck"
+        parts.append(f"the neck gives {len(feats)} maps ({where}) and {name} reads only the "
+                     f"first {len(used)}; the others are computed for nothing")
+        fixes.append(f"model.neck.num_outs={len(used)}" if num_outs is not None
+                     else f"a neck with {len(used)} outputs")
+    return f"{'; '.join(parts)}. Set {' and '.join(fixes)}."
 
 
 def _pretrained_arg(backbone: Mapping | nn.Module, pretrained: str | None) -> dict[str, Any]:

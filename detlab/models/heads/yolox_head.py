@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -149,6 +150,16 @@ class YOLOXHead(BaseDenseHead):
 
     # ---- forward -----------------------------------------------------------------------------
 
+    # MMDetection zips the maps with the per-level layers: more maps than strides build and run
+    # (the extra ones are ignored); the detector warns about it on its first forward
+    reads_leading_levels: ClassVar[bool] = True
+
+    def forward(self, feats: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], ...]:
+        """The first ``len(strides)`` feature maps -> per-level class logits, box outputs and
+        objectness logits (maps past them are ignored, as MMDetection's YOLOXHead ignores
+        them)."""
+        return super().forward(tuple(feats)[:len(self.strides)])
+
     def forward_single(self, x: torch.Tensor, level: int) -> tuple[torch.Tensor, ...]:
         """One level: class logits ``(B, C, H, W)``, box outputs ``(B, 4, H, W)`` and the
         objectness logit ``(B, 1, H, W)``."""
@@ -234,7 +245,9 @@ class YOLOXHead(BaseDenseHead):
     def predict(self, raw: RawOutputs, metas: Sequence[Mapping],
                 rescale: bool = True) -> list[DetResult]:
         """Each image's detections: every cell's best class scored by its probability times
-        the objectness, those at ``score_thr`` or above, class-wise NMS."""
+        the objectness, those at ``score_thr`` or above, class-wise NMS. ``test_cfg``'s
+        ``nms_pre`` and ``max_per_img`` are not applied, as MMDetection 2.28's YOLOXHead does
+        not apply them."""
         cfg = self.test_cfg
         if not cfg or "nms" not in cfg:
             raise ConfigError("YOLOXHead was built without test_cfg; give the model a test_cfg "
@@ -253,8 +266,9 @@ class YOLOXHead(BaseDenseHead):
             scores = best[keep] * objectness[i][keep]
             if rescale:
                 image_boxes = boxes_to_original(image_boxes, meta)
-            kept, scores = multiclass_nms(image_boxes, scores, labels, cfg["nms"],
-                                          cfg.get("max_per_img"))
+            # no max_per_img: MMDetection's YOLOXHead keeps every box NMS keeps, whatever
+            # test_cfg says (a config borrowing another head's test_cfg shows it)
+            kept, scores = multiclass_nms(image_boxes, scores, labels, cfg["nms"], None)
             results.append(DetResult(image_boxes[kept], scores, labels[kept],
                                      meta=result_meta(meta)))
         return results
