@@ -21,33 +21,91 @@ COLUMNS = ["gt", "gt_label", "gt_x1", "gt_y1", "gt_x2", "gt_y2", "prior", "level
            "prior_x1", "prior_y1", "prior_x2", "prior_y2", "iou", "max_overlap", "assign_metric"]
 
 
-def small_model_overrides(cfg: Any, channels: int = 64, num_classes: int = 3
-                          ) -> dict[str, Any]:
-    """Dotted overrides of ``cfg.model`` for a small model: ResNet backbones become ResNet-18
-    without pretrained weights, CSPDarknet a narrow one; the neck and head get ``channels``
-    channels, one stacked conv and ``num_classes`` classes."""
+# options of a ResNet-like backbone that a ResNet-18 has no use for (ResNeXt's groups, the
+# deformable convs of stages a BasicBlock cannot take)
+_RESNET_ONLY_BOTTLENECK = ("groups", "base_width", "dcn", "stage_with_dcn", "plugins",
+                           "pretrained", "init_cfg")
+
+
+def small_model_overrides(cfg: Any, channels: int = 64, num_classes: int = 3,
+                          tiny_input: bool = False) -> dict[str, Any]:
+    """Dotted overrides of ``cfg.model`` for a small model that runs on a CPU.
+
+    The backbone shrinks where its family can: ResNet and ResNeXt become a ResNet-18 (same
+    ``out_indices``, ``style``, ``norm_cfg``, frozen stages; no DCN, no pretrained weights),
+    CSPDarknet a narrow and shallow one (``widen_factor = channels / 256``, ``deepen_factor
+    0.33``). Other families (Darknet-53, SSDVGG, MobileNetV2, EfficientNet ...) have no smaller
+    variant with the same outputs, so they are kept, without pretrained weights; use them with
+    a small input instead. The neck and head get ``channels`` channels (a list of channels
+    scaled from it where the module takes one per level), one stacked conv and
+    ``num_classes`` classes.
+
+    With ``tiny_input`` the model also takes inputs of 64 pixels: SSDNeck's unpadded 3x3
+    levels (``level_paddings`` 0, which need a 3-pixel map) get padding 1.
+    """
     model = cfg["model"]
     backbone, neck, head = model["backbone"], model.get("neck"), model["bbox_head"]
-    options: dict[str, Any] = {"model.bbox_head.num_classes": num_classes,
-                               "model.bbox_head.in_channels": channels,
-                               "model.bbox_head.feat_channels": channels}
-    if backbone["type"] == "ResNet":
-        options.update({"model.backbone.depth": 18, "model.backbone.init_cfg": None})
+    options: dict[str, Any] = {}
+    in_channels: list[int] | None = None  # the shrunk backbone's output channels
+    if backbone["type"] in ("ResNet", "ResNeXt"):
+        kept = {k: v for k, v in backbone.items() if k not in _RESNET_ONLY_BOTTLENECK}
+        options["model.backbone"] = dict(kept, _delete_=True, type="ResNet", depth=18,
+                                         init_cfg=None)
         used = list(backbone.get("out_indices", (0, 1, 2, 3)))
         in_channels = [64 * 2 ** i for i in used]
     elif backbone["type"] == "CSPDarknet":
         options.update({"model.backbone.widen_factor": channels / 256,
-                        "model.backbone.deepen_factor": 0.33})
+                        "model.backbone.deepen_factor": 0.33,
+                        "model.backbone.init_cfg": None})
         in_channels = [channels, 2 * channels, 4 * channels]
     else:
-        raise ValueError(f"small_model_overrides knows ResNet and CSPDarknet backbones, not "
-                         f"{backbone['type']}")
-    if neck is not None:
-        options.update({"model.neck.in_channels": in_channels,
-                        "model.neck.out_channels": channels})
+        options["model.backbone.init_cfg"] = None
+        if "pretrained" in backbone:
+            options["model.backbone.pretrained"] = None
+    level_channels = _neck_overrides(neck, in_channels, channels, tiny_input, options)
+    if "num_classes" in head:
+        options["model.bbox_head.num_classes"] = num_classes
+    if isinstance(head.get("in_channels"), (list, tuple)):
+        options["model.bbox_head.in_channels"] = level_channels or list(head["in_channels"])
+    elif "in_channels" in head:
+        options["model.bbox_head.in_channels"] = channels
+    if isinstance(head.get("out_channels"), (list, tuple)):  # YOLOv3's bridge convs
+        options["model.bbox_head.out_channels"] = [2 * c for c in level_channels or
+                                                   head["in_channels"]]
+    if "feat_channels" in head:
+        options["model.bbox_head.feat_channels"] = channels
     if "stacked_convs" in head:
         options["model.bbox_head.stacked_convs"] = 1
     return options
+
+
+def _neck_overrides(neck: Any, in_channels: list[int] | None, channels: int, tiny_input: bool,
+                    options: dict[str, Any]) -> list[int] | None:
+    """Add the neck's overrides to ``options``; the channels of its levels when it has one
+    entry per level (the head's ``in_channels`` then)."""
+    if neck is None:
+        return in_channels
+    if in_channels is not None and isinstance(neck.get("in_channels"), (list, tuple)):
+        options["model.neck.in_channels"] = in_channels
+    elif in_channels is not None and isinstance(neck.get("in_channels"), int):
+        options["model.neck.in_channels"] = in_channels[-1]
+    if "num_csp_blocks" in neck:
+        options["model.neck.num_csp_blocks"] = 1
+    out = neck.get("out_channels")
+    if isinstance(out, int):
+        options["model.neck.out_channels"] = channels
+        return None
+    if not isinstance(out, (list, tuple)):
+        return None
+    if neck["type"] == "SSDNeck":  # the backbone's levels pass through; the extra ones shrink
+        fixed = list(neck["in_channels"])
+        levels = fixed + [channels] * (len(out) - len(fixed))
+        if tiny_input:
+            options["model.neck.level_paddings"] = [1] * len(neck.get("level_paddings", ()))
+    else:  # one width per level, halved level by level as the config's (YOLOv3)
+        levels = [max(channels * c // out[0], 8) for c in out]
+    options["model.neck.out_channels"] = levels
+    return levels
 
 
 def parameter_table(model: Any, depth: int = 1) -> pd.DataFrame:
@@ -197,7 +255,9 @@ def inspect_assignment(cfg_or_model: Any, image_index_or_batch: int | Any,
         ``stride``, the prior box ``prior_x1..prior_y2`` (xyxy anchor; for point priors the
         stride-sized cell around the point), ``iou`` (prior box with its gt), ``max_overlap``
         and ``assign_metric`` (the assigner's own numbers, NaN when it has none); then one row
-        with ``prior = -1`` for each ground truth left without a positive prior.
+        with ``prior = -1`` for each ground truth left without a positive prior. Its
+        ``attrs`` hold ``num_gts``, ``num_priors``, ``assigner`` (the class name) and
+        ``strides`` (of the levels).
     """
     import torch
 
@@ -216,7 +276,7 @@ def inspect_assignment(cfg_or_model: Any, image_index_or_batch: int | Any,
     unmatched = _unmatched_rows(frame, gt)
     frame = pd.concat([frame, unmatched], ignore_index=True) if len(unmatched) else frame
     frame.attrs.update(num_gts=len(gt.boxes), num_priors=int(sum(num_level)),
-                       assigner=type(_assigner_of(head)).__name__)
+                       assigner=type(_assigner_of(head)).__name__, strides=strides)
     return frame
 
 

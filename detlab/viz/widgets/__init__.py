@@ -1,6 +1,6 @@
 """Widgets for JupyterLab (ipywidgets): browse a dataset step by step through its pipeline, edit
 a config with provenance and checks, watch training live, browse errors, re-score detections
-without re-running the model, compare runs.
+without re-running the model, compare runs, see which priors each assigner makes positive.
 
 Each widget's display data also carries a PNG of its current view, so notebooks executed headless
 (papermill) stay readable. Imports happen on first use.
@@ -20,6 +20,7 @@ _EXPORTS = {
     "ErrorBrowser": "error_browser",
     "RescoreExplorer": "rescore", "cache_raw_detections": "rescore",
     "RunComparer": "run_comparer",
+    "AssignerInspector": "assignments", "assigner_inspector": "assignments",
 }
 
 __all__ = sorted(_EXPORTS)
