@@ -147,3 +147,13 @@ def test_losses_must_be_element_wise():
         _small_head(loss_cls=dict(type="FocalLoss", use_sigmoid=True))
     with pytest.raises(ConfigError, match="bbox_head.loss_bbox.reduction='none'"):
         _small_head(loss_bbox=dict(type="IoULoss"))
+
+
+def test_softmax_classification():
+    """A softmax classifier: one label weight per location, recall over the C + 1 outputs."""
+    head = _small_head(loss_cls=dict(type="CrossEntropyLoss", use_sigmoid=False,
+                                     reduction="none"))
+    raw = head([torch.randn(1, 8, 8, 8), torch.randn(1, 8, 4, 4)])
+    target = dict(boxes=torch.tensor([[8.0, 8.0, 56.0, 56.0]]), labels=torch.tensor([2]))
+    losses = head.loss(raw, [target], [META])
+    assert losses["loss_cls"] > 0 and losses["loss_bbox"] > 0 and losses["num_pos"] > 0

@@ -169,10 +169,10 @@ class FSAFHead(RetinaHead):
         num_images, channels = len(labels), self.cls_out_channels
         cls_rows = levels_to_rows(cls_scores, channels)  # (B, A, C)
         reg_rows = levels_to_rows(bbox_preds, 4)  # (B, A, 4)
-        weights = label_weights if label_weights.shape[-1] == channels \
-            else label_weights.squeeze(-1)
-        cls_loss = self.loss_cls(cls_rows.reshape(-1, channels), labels.reshape(-1),
-                                 weights.reshape(-1, *weights.shape[2:]))
+        # per-class weights (N, C) with sigmoid scores, one per location (N,) with softmax
+        weights = label_weights.reshape(-1, channels) if self.use_sigmoid_cls \
+            else label_weights.reshape(-1)
+        cls_loss = self.loss_cls(cls_rows.reshape(-1, channels), labels.reshape(-1), weights)
         cls_loss = cls_loss.reshape(num_images, -1, *cls_loss.shape[1:])
         reg = reg_rows.reshape(-1, 4)
         if self.reg_decoded_bbox:
@@ -193,7 +193,9 @@ class FSAFHead(RetinaHead):
             kept = inds >= 0
             # positives of objects selected elsewhere lose their box loss and the
             # classification loss of their own class
-            moved = kept & (best_level[inds.clamp(min=0)] != level) if num_gts else kept & False
+            moved = torch.zeros_like(kept)
+            if num_gts:
+                moved = kept & (best_level[inds.clamp(min=0)] != level)
             kept = kept & ~moved
             cls_weight = torch.ones_like(c)
             if moved.any():
@@ -238,7 +240,7 @@ class FSAFHead(RetinaHead):
                         level_labels: Sequence[torch.Tensor],
                         positives: Sequence[torch.Tensor]) -> torch.Tensor:
         """The logged ``pos_recall`` of the positives kept at their objects' levels."""
-        scores = torch.cat([c.permute(0, 2, 3, 1).reshape(-1, self.num_classes)[pos]
+        scores = torch.cat([c.permute(0, 2, 3, 1).reshape(-1, self.cls_out_channels)[pos]
                             for c, pos in zip(cls_scores, positives, strict=True)])
         labels = torch.cat([lab[pos] for lab, pos in zip(level_labels, positives, strict=True)])
         scores = scores.sigmoid() if self.use_sigmoid_cls else scores.softmax(dim=1)
