@@ -116,3 +116,41 @@ def test_plot_and_tables(batch):
     table = parameter_table(model)
     assert table["module"].tolist() == ["backbone", "neck", "bbox_head"]
     assert table["parameters"].sum() == sum(p.numel() for p in model.parameters())
+
+
+def own_training_positives(model, batch):
+    """(prior index, gt index) of the positives the head's own training targets give, from
+    the same (evaluation-mode) outputs the inspector reads: YOLOX's SimOTA targets, TOOD's
+    task-aligned targets."""
+    from detlab.models.heads.postprocess import levels_to_rows
+    from detlab.models.heads.yolox_head import decode_yolox_boxes
+
+    head = model.bbox_head
+    with torch.no_grad():
+        raw = model.eval()(batch.images)
+    [gt] = head.ground_truths(batch.targets, batch.metas, 1, batch.images.device)
+    if hasattr(head, "strided_priors"):
+        cells = head.strided_priors(raw[0]).float()
+        cls_rows, box_rows, obj_rows = head.flatten(raw)
+        positive, *_ = head.targets_per_image(cells, cls_rows[0], obj_rows[0],
+                                              decode_yolox_boxes(cells, box_rows)[0], gt)
+    else:
+        priors = head.get_priors(raw[0], batch.metas)
+        cls_rows = levels_to_rows(raw[0], head.cls_out_channels).float()
+        boxes = levels_to_rows(raw[1], 4).float() * head.row_strides(priors)[:, None]
+        labels, *_ = head.aligned_targets(priors, batch.targets, batch.metas, cls_rows, boxes)
+        positive = (labels[0] >= 0) & (labels[0] < head.num_classes)
+    return sorted(torch.nonzero(positive).squeeze(1).tolist())
+
+
+@pytest.mark.parametrize("name", ["yolox/yolox_s_8x8_300e_coco.py",
+                                  "tood/tood_r50_fpn_1x_coco.py"])
+def test_prediction_based_positives_are_the_heads_own(name, batch):
+    """SimOTA and the task-aligned assigner see the model's predictions: the inspector's
+    positives are the ones the head's own training targets take."""
+    model = small_model(name)
+    if hasattr(model.bbox_head, "set_epoch"):
+        model.bbox_head.set_epoch(model.bbox_head.initial_epoch)
+    frame = inspect_assignment(model, batch)
+    positives = frame[frame["prior"] >= 0]
+    assert sorted(positives["prior"].tolist()) == own_training_positives(model, batch) != []
