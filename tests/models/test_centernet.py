@@ -150,6 +150,52 @@ def test_detections_match_mmdetection(centernet_pair):
             np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize("with_nms", [False, True], ids=["joined", "nms"])
+def test_flip_test_time_augmentation_matches_mmdetection(centernet_pair, with_nms):
+    """MMDetection's ``aug_test``: heatmaps and sizes averaged with the flipped image's
+    mirrored back, the plain image's offsets; NMS (test_cfg.nms, max_per_img) when test_cfg
+    has nms_cfg."""
+    reference, ours = centernet_pair
+    image = torch.randn(1, 3, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(6))
+    metas, targets = metas_and_targets()
+    meta = dict(metas[0], border=np.array([2.0, 150.0, 4.0, 200.0], np.float32))
+    flipped_meta = dict(meta, flip=True, flip_direction="horizontal")
+    extra = dict(nms_cfg=dict(type="nms", iou_threshold=0.5), max_per_img=60,
+                 nms=dict(type="nms", iou_threshold=0.2)) if with_nms else {}
+    saved = [dict(m.bbox_head.test_cfg) for m in (reference, ours)]
+    try:
+        reference.bbox_head.test_cfg.update(extra)
+        ours.bbox_head.test_cfg.update(extra)
+        with torch.no_grad():
+            expected = reference.aug_test([image, image.flip(3)],
+                                          [[copy.deepcopy(meta)], [copy.deepcopy(flipped_meta)]],
+                                          rescale=True)
+        actual = ours.predict_flip([Batch(image, targets[:1], [meta]),
+                                    Batch(image.flip(3), targets[:1], [flipped_meta])])
+    finally:
+        reference.bbox_head.test_cfg = type(reference.bbox_head.test_cfg)(saved[0])
+        ours.bbox_head.test_cfg = saved[1]
+    assert len(actual) == len(expected) == 1
+    assert (len(actual[0].boxes) <= 60) if with_nms else (len(actual[0].boxes) == 100)
+    for a, e in zip(actual[0].to_mmdet(NUM_CLASSES), expected[0], strict=True):
+        np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-3)
+
+
+def test_flip_testing_needs_flipped_pairs():
+    model = build_model(dict(
+        type="CenterNet", backbone=dict(type="ResNet", depth=18),
+        neck=dict(type="CTResNetNeck", in_channel=512, num_deconv_filters=(8,),
+                  num_deconv_kernels=(4,), use_dcn=False),
+        bbox_head=dict(type="CenterNetHead", num_classes=2, in_channel=8, feat_channel=8),
+        test_cfg=dict(topk=5, local_maximum_kernel=3, max_per_img=5))).eval()
+    meta = dict(batch_input_shape=(64, 64), img_shape=(64, 64, 3), flip=False)
+    plain = Batch(torch.randn(1, 3, 64, 64), [{}], [meta])
+    with pytest.raises(ValueError, match="pairs"):
+        model.predict_flip([plain])
+    with pytest.raises(ValueError, match="flipped"):
+        model.predict_flip([plain, plain])
+
+
 # ---- targets, without the models ---------------------------------------------------------
 
 def test_gaussian_targets_are_mmdetections():
