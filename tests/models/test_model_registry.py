@@ -551,6 +551,23 @@ COMPONENTS = {
                                       num_classes=2),
                        test_cfg=CENTERNET_HEAD["test_cfg"]),
                   lambda module: run_one_level_detector(module)),
+    # NAS-FCOS
+    "NASFCOS_FPN": (dict(in_channels=[4, 8, 8, 8], out_channels=8, num_outs=4,
+                         norm_cfg=dict(type="BN"), conv_cfg=dict(type="DCNv2", deform_groups=2)),
+                    lambda module: run_nasfcos_fpn(module)),
+    "NASFCOSHead": (dict(num_classes=2, in_channels=8, feat_channels=8, strides=[8, 16],
+                         regress_ranges=[(-1, 16), (16, 1e8)],
+                         norm_cfg=dict(type="GN", num_groups=4), test_cfg=TEST_CFG), run_head),
+    "NASFCOS": (dict(backbone=dict(type="ResNet", depth=18, frozen_stages=-1),
+                     neck=dict(type="NASFCOS_FPN", in_channels=[64, 128, 256, 512],
+                               out_channels=8, num_outs=3, norm_cfg=dict(type="BN"),
+                               conv_cfg=dict(type="DCNv2", deform_groups=2)),
+                     bbox_head=dict(type="NASFCOSHead", num_classes=2, in_channels=8,
+                                    feat_channels=8, strides=[8, 16, 32],
+                                    regress_ranges=[(-1, 16), (16, 32), (32, 1e8)],
+                                    norm_cfg=dict(type="GN", num_groups=4)),
+                     test_cfg=TEST_CFG),
+                run_detector),
 }
 
 
@@ -642,3 +659,11 @@ def run_one_level_detector(module):
     assert all(v > 0 for v in losses.values())
     sum(losses.values()).backward()
     assert len(module.eval().predict(batch)) == 2
+
+
+def run_nasfcos_fpn(module):
+    """NAS-FCOS's pyramid reads backbone levels 1..3 (of four) and adds one extra level."""
+    inputs = [torch.randn(2, c, 32 // 2 ** i, 32 // 2 ** i) for i, c in enumerate([4, 8, 8, 8])]
+    outputs = module(inputs)
+    assert [tuple(o.shape[-2:]) for o in outputs] == [(16, 16), (8, 8), (4, 4), (2, 2)]
+    _backward_through(module, outputs)

@@ -56,3 +56,7 @@ __all__ += ["DDOD"]
 from detlab.models.detectors.centernet import CenterNet  # noqa: E402
 
 __all__ += ["CenterNet"]
+
+from detlab.models.detectors.nasfcos import NASFCOS  # noqa: E402
+
+__all__ += ["NASFCOS"]

@@ -148,3 +148,7 @@ __all__ += ["RetinaSepBNHead"]
 from detlab.models.heads.centernet_head import CenterNetHead  # noqa: E402
 
 __all__ += ["CenterNetHead"]
+
+from detlab.models.heads.nasfcos_head import NASFCOSHead  # noqa: E402
+
+__all__ += ["NASFCOSHead"]

@@ -27,3 +27,7 @@ __all__ += ["NASFPN"]
 from detlab.models.necks.ct_resnet_neck import CTResNetNeck  # noqa: E402
 
 __all__ += ["CTResNetNeck"]
+
+from detlab.models.necks.nasfcos_fpn import NASFCOS_FPN  # noqa: E402
+
+__all__ += ["NASFCOS_FPN"]
