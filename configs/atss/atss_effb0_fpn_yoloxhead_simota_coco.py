@@ -4,8 +4,8 @@
 # It builds and trains -- in MMDetection 2.28 as in detlab -- but YOLOXHead keeps its default
 # strides=[8, 16, 32] and reads only the first 3 of the neck's 5 maps, while EfficientNet-b0's
 # stages 4, 5, 6 sit at strides 16, 32, 32 (so the neck's maps are at 16, 32, 32, 64, 128).
-# The head's points and box decoding then assume cells two or one times smaller than the real
-# ones. detlab warns about this on the first forward; the corrected config beside this one,
+# On the first two levels the head's points and box decoding then assume cells half the real
+# ones' size. detlab warns about this on the first forward; the corrected config beside this one,
 # atss_effb0_fpn_yoloxhead_simota_true-strides_coco.py, sets strides=[16, 32, 32] and
 # num_outs=3.
 _base_ = './atss_r50_fpn_1x_coco.py'

@@ -24,6 +24,7 @@ from detlab.engine.setup import train
 from detlab.models import build_model
 from detlab.models.detectors.single_stage import FeatureStrideWarning, feature_stride_mismatch
 from detlab.structures import Batch
+from detlab.viz.strides import stride_table
 
 REPO = Path(__file__).resolve().parents[2]
 CROSS = REPO / "configs" / "atss" / "atss_effb0_fpn_yoloxhead_simota_coco.py"
@@ -165,3 +166,14 @@ def test_trains_unchanged_on_shapes_and_warns_once(shapes_root, tmp_path):
 def test_a_head_with_more_levels_than_maps_is_refused():
     with pytest.raises(ConfigError, match="model.neck.num_outs"):
         _ours(FIXED, {**SMALL, "model.bbox_head.strides": [16, 32, 32, 64]})
+
+
+def test_stride_table_shows_each_map_with_the_head_stride_and_the_real_one():
+    model = _ours(CROSS, SMALL).train()
+    table = stride_table(model, (64, 96))
+    assert model.training and not model._strides_checked  # the warning is still to come
+    assert table["map"].tolist() == ["4x6", "2x3", "2x3", "1x2", "1x1"]
+    assert table["head_stride"].tolist()[:3] == [8, 16, 32]
+    assert table["head_stride"].isna().tolist() == [False, False, False, True, True]
+    assert table["real_stride"].tolist()[:4] == [16, 32, 32, 64]
+    assert table["agree"].tolist() == [False, False, True, False, False]

@@ -242,3 +242,14 @@ def test_09_model_zoo(tmp_path, one_thread):
     per_gt = records["positives_per_gt"]
     assert len(per_gt["ATSS"]) == records["num_gts"] > 0
     assert all(n > 0 for n in per_gt["ATSS"])  # ATSS gives every box positives
+    # section 4: the cross-family config builds with MMDetection's count and warns once
+    assert records["cross_params"]["as written"] == 10_080_971
+    assert records["cross_params"]["true strides"] == 8_900_811
+    assert len(records["cross_warnings"]) == 1 and records["fixed_warnings"] == []
+    warning = records["cross_warnings"][0]
+    for text in ("model.bbox_head.strides=[8, 16, 32]", "model.neck.num_outs=5",
+                 "Set model.bbox_head.strides=[16, 32, 32] and model.neck.num_outs=3."):
+        assert text in warning, text
+    assert records["assumed_strides"] == [8, 16, 32]
+    assert records["real_strides"] == [16, 32, 32]
+    assert records["fixed_strides"] == [[16, 16], [32, 32], [32, 32]]

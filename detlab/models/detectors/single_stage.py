@@ -163,7 +163,7 @@ def _stride_key(head: nn.Module) -> str:
     return "model.bbox_head's prior strides"
 
 
-def _real_stride(size: int, cells: int) -> int:
+def real_stride(size: int, cells: int) -> int:
     """The stride of a map of ``cells`` over ``size`` input pixels, as the power of two
     nearest to the ratio (maps are ``ceil`` or ``floor`` of the size over the stride)."""
     return 2 ** round(math.log2(size / cells))
@@ -182,7 +182,7 @@ def feature_stride_mismatch(head: nn.Module, neck: nn.Module | None, images: tor
     height, width = images.shape[-2:]
     used = feats[:generator.num_levels]
     nominal = [tuple(s) if isinstance(s, Sequence) else (s, s) for s in generator.strides]
-    real = [_real_stride(height, f.shape[-2]) for f in used]
+    real = [real_stride(height, f.shape[-2]) for f in used]
     wrong = any(f.shape[-1] not in (width // sw, -(-width // sw))
                 or f.shape[-2] not in (height // sh, -(-height // sh))
                 for f, (sw, sh) in zip(used, nominal, strict=False))
