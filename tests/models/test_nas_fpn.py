@@ -25,7 +25,12 @@ from detlab.config import Config, ConfigError
 from detlab.models import build_model
 from detlab.models.heads import RetinaSepBNHead
 from detlab.models.necks import NASFPN
-from detlab.models.necks.merge_cells import GlobalPoolingCell, SumCell, resize_like_mmcv
+from detlab.models.necks.merge_cells import (
+    ConcatCell,
+    GlobalPoolingCell,
+    SumCell,
+    resize_like_mmcv,
+)
 from detlab.structures import Batch
 
 REPO = Path(__file__).resolve().parents[2]
@@ -135,6 +140,7 @@ def test_resize_is_mmcvs(size):
 
 def test_cells_merge_as_mmcv():
     import_mmdet()
+    from mmcv.ops.merge_cells import ConcatCell as RefConcat
     from mmcv.ops.merge_cells import GlobalPoolingCell as RefGP
     from mmcv.ops.merge_cells import SumCell as RefSum
 
@@ -144,7 +150,11 @@ def test_cells_merge_as_mmcv():
                             (GlobalPoolingCell(4, 4, out_norm_cfg=norm),
                              RefGP(4, 4, out_norm_cfg=norm)),
                             (GlobalPoolingCell(with_out_conv=False),
-                             RefGP(with_out_conv=False))):
+                             RefGP(with_out_conv=False)),
+                            (ConcatCell(4, 4, with_input1_conv=True, with_input2_conv=True,
+                                        upsample_mode="bilinear"),
+                             RefConcat(4, 4, with_input1_conv=True, with_input2_conv=True,
+                                       upsample_mode="bilinear"))):
         assert {k: v.shape for k, v in ours.state_dict().items()} == \
             {k: v.shape for k, v in reference.state_dict().items()}
         ours.load_state_dict(reference.state_dict(), strict=True)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import pytest
 import torch
 import torchvision
 from reference.mmdet_reference import import_mmdet
-from test_resnet import _randomize_bn, _torchvision_features
+from test_resnet import _randomize_bn, _torchvision_features, offline_hub  # noqa: F401
 from torch import nn
 
+from detlab.checkpoint import openmmlab_weights_url
 from detlab.config import ConfigError
 from detlab.models import build_model
 from detlab.models.backbones import ResNeXt
@@ -56,7 +58,8 @@ THREE_STAGES = dict(num_stages=3, strides=(1, 2, 2), dilations=(1, 1, 1), out_in
 
 @pytest.mark.parametrize("args", [  # three stages keep it quick; the zoo checks the fourth
     dict(depth=50, groups=64, base_width=4, style="pytorch", frozen_stages=1, **THREE_STAGES),
-    dict(depth=50, groups=32, base_width=4, style="caffe", out_indices=(1, 3)),
+    dict(depth=50, groups=32, base_width=4, style="caffe",
+         **dict(THREE_STAGES, out_indices=(1, 2))),
     dict(depth=50, groups=1, base_width=4, **dict(THREE_STAGES, out_indices=(0, 2))),
     dict(depth=50, groups=32, base_width=4, dcn=dict(type="DCNv2", deform_groups=1,
                                                      fallback_on_stride=False),
@@ -107,3 +110,22 @@ def test_bad_arguments_are_named():
         ResNeXt(depth=18, groups=32)
     with pytest.raises(ConfigError, match="groups"):
         ResNeXt(depth=50, groups=0)
+
+
+def test_open_mmlab_weights_load_in_init_weights(offline_hub):  # noqa: F811
+    """``init_cfg`` with MMDetection's ``open-mmlab://resnext50_32x4d``: OpenMMLab's file (here
+    random weights of a two-stage ResNeXt put in the hub cache under its name) loads by name,
+    offline."""
+    two_stages = dict(depth=50, groups=32, base_width=4, num_stages=2, strides=(1, 2),
+                      dilations=(1, 1), out_indices=(0, 1))
+    torch.manual_seed(0)
+    source = ResNeXt(**two_stages)
+    _randomize_bn(source)
+    url = openmmlab_weights_url("open-mmlab://resnext50_32x4d")
+    offline_hub.mkdir(parents=True)
+    torch.save(source.state_dict(), offline_hub / os.path.basename(url))
+    model = ResNeXt(**two_stages, init_cfg=dict(type="Pretrained",
+                                                checkpoint="open-mmlab://resnext50_32x4d"))
+    model.init_weights()
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, source.state_dict()[name], msg=name)

@@ -45,10 +45,12 @@ def resize_like_mmcv(x: torch.Tensor, size: Sequence[int], mode: str) -> torch.T
 
 
 class MergeCell(nn.Module):
-    """Two maps -> one (mmcv's ``BaseMergeCell``); subclasses define :meth:`merge`.
+    """Two maps -> one (mmcv's ``BaseMergeCell``); subclasses define :meth:`merge` and, when
+    the merged map is wider than one input, ``fused_inputs`` (concatenation: 2).
 
     Args:
-        fused_channels: channels of the merged map (the output conv's input).
+        in_channels: channels of each input (the output conv reads ``fused_inputs`` times as
+            many); None for a cell without convs.
         out_channels: channels of the output conv, and of the input convs.
         with_out_conv: run ``out_conv`` on the merged map.
         out_conv_cfg: the output ConvModule's ``groups``, ``kernel_size``, ``padding``, ``bias``.
@@ -59,7 +61,9 @@ class MergeCell(nn.Module):
         upsample_mode: ``'nearest'`` or ``'bilinear'``.
     """
 
-    def __init__(self, fused_channels: int | None = 256, out_channels: int | None = 256,
+    fused_inputs = 1
+
+    def __init__(self, in_channels: int | None = None, out_channels: int | None = None,
                  with_out_conv: bool = True, out_conv_cfg: Mapping = OUT_CONV,
                  out_norm_cfg: Mapping | None = None,
                  out_conv_order: tuple[str, str, str] = ("act", "conv", "norm"),
@@ -67,16 +71,19 @@ class MergeCell(nn.Module):
                  input_conv_cfg: Mapping | None = None, input_norm_cfg: Mapping | None = None,
                  upsample_mode: str = "nearest") -> None:
         super().__init__()
+        name = type(self).__name__
         if upsample_mode not in UPSAMPLE_MODES:
-            raise ConfigError(f"merge cell upsample_mode must be one of {UPSAMPLE_MODES}, got "
+            raise ConfigError(f"{name} upsample_mode must be one of {UPSAMPLE_MODES}, got "
                               f"{upsample_mode!r}")
-        if (with_out_conv or with_input1_conv or with_input2_conv) and out_channels is None:
-            raise ConfigError("a merge cell with convs needs out_channels (and fused_channels)")
+        if with_out_conv and (in_channels is None or out_channels is None) or \
+                (with_input1_conv or with_input2_conv) and out_channels is None:
+            raise ConfigError(f"{name} with convs needs in_channels and out_channels")
         self.with_out_conv, self.upsample_mode = with_out_conv, upsample_mode
         self.with_input1_conv, self.with_input2_conv = with_input1_conv, with_input2_conv
         if with_out_conv:
-            self.out_conv = ConvModule(fused_channels, out_channels, **out_conv_cfg,
-                                       norm_cfg=out_norm_cfg, order=out_conv_order)
+            self.out_conv = ConvModule(in_channels * self.fused_inputs, out_channels,
+                                       **out_conv_cfg, norm_cfg=out_norm_cfg,
+                                       order=out_conv_order)
         self.input1_conv = self._input_conv(out_channels, input_conv_cfg, input_norm_cfg) \
             if with_input1_conv else nn.Sequential()
         self.input2_conv = self._input_conv(out_channels, input_conv_cfg, input_norm_cfg) \
@@ -110,9 +117,6 @@ class MergeCell(nn.Module):
 class SumCell(MergeCell):
     """``x1 + x2``."""
 
-    def __init__(self, in_channels: int, out_channels: int, **cell_args) -> None:
-        super().__init__(in_channels, out_channels, **cell_args)
-
     def merge(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         return x1 + x2
 
@@ -120,8 +124,7 @@ class SumCell(MergeCell):
 class ConcatCell(MergeCell):
     """``cat([x1, x2], dim=1)`` (the output conv reads ``2 * in_channels``)."""
 
-    def __init__(self, in_channels: int, out_channels: int, **cell_args) -> None:
-        super().__init__(in_channels * 2, out_channels, **cell_args)
+    fused_inputs = 2
 
     def merge(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         return torch.cat([x1, x2], dim=1)
@@ -130,10 +133,5 @@ class ConcatCell(MergeCell):
 class GlobalPoolingCell(MergeCell):
     """``x2 + sigmoid(global_avg_pool(x2)) * x1``: ``x2``'s channel attention gates ``x1``."""
 
-    def __init__(self, in_channels: int | None = None, out_channels: int | None = None,
-                 **cell_args) -> None:
-        super().__init__(in_channels, out_channels, **cell_args)
-        self.global_pool = nn.AdaptiveAvgPool2d((1, 1))
-
     def merge(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
-        return x2 + self.global_pool(x2).sigmoid() * x1
+        return x2 + F.adaptive_avg_pool2d(x2, 1).sigmoid() * x1
