@@ -24,6 +24,7 @@ from detlab.registry import MODELS
 from detlab.structures import Batch, DetResult
 from detlab.viz.assigners import small_model_overrides
 
+pytestmark = pytest.mark.usefixtures("one_math_thread")  # see tests/conftest.py
 CONFIGS = REPO / "configs"
 CHANNELS, NUM_CLASSES = 32, 3
 
@@ -103,16 +104,6 @@ def shrunk_config(name: str) -> Config:
 def build(cfg: Config) -> torch.nn.Module:
     torch.manual_seed(0)
     return detlab.build_model(cfg)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_math_thread():
-    """Tiny models run several times faster on one math thread than on all the cores of a
-    machine shared with other work; the thread count comes back afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

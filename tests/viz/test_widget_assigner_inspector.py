@@ -15,6 +15,8 @@ from detlab.viz.widgets.assignments import (
     build_inspected_model,
 )
 
+pytestmark = pytest.mark.usefixtures("one_math_thread")  # see tests/conftest.py
+
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
