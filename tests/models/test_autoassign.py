@@ -59,21 +59,25 @@ def compare_losses(reference, ours, empty=False):
     return actual
 
 
+@pytest.mark.slow
 def test_head_outputs_match_mmdetection(autoassign_pair):
     compare_outputs(*autoassign_pair)
 
 
+@pytest.mark.slow
 def test_losses_match_mmdetection(autoassign_pair):
     losses = compare_losses(*autoassign_pair)
     assert all(v > 0 for v in losses.values())
 
 
+@pytest.mark.slow
 def test_empty_ground_truth_losses_match_mmdetection(autoassign_pair):
     losses = compare_losses(*autoassign_pair, empty=True)
     assert losses["loss_neg"] > 0
     assert losses["loss_pos"] == 0 and losses["loss_center"] == 0
 
 
+@pytest.mark.slow
 def test_losses_match_mmdetection_across_processes(autoassign_pair, monkeypatch):
     """The positives' and the negatives' divisors are averaged over processes as MMDetection
     averages them (the same stand-in for the mean in both: three times this process's)."""
@@ -93,6 +97,7 @@ def test_losses_match_mmdetection_across_processes(autoassign_pair, monkeypatch)
     assert len(calls) == 4  # the objects and the priors' sum, in each model
 
 
+@pytest.mark.slow
 def test_detections_match_mmdetection(autoassign_pair):
     compare_detections(*autoassign_pair)
 
