@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
+import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -127,7 +129,7 @@ class SingleStageDetector(nn.Module):
             self._strides_checked = True
             problem = feature_stride_mismatch(self.bbox_head, self.neck, images, feats)
             if problem is not None:
-                warnings.warn(problem, FeatureStrideWarning, stacklevel=2)
+                warnings.warn(problem, FeatureStrideWarning, stacklevel=_outside_stacklevel())
         return self.bbox_head(feats)
 
     def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
@@ -151,6 +153,18 @@ class SingleStageDetector(nn.Module):
 class FeatureStrideWarning(UserWarning):
     """The head's strides are not those of the feature maps it reads, or the neck gives maps
     the head never reads: the model trains, but its priors sit in the wrong places."""
+
+
+def _outside_stacklevel() -> int:
+    """The ``stacklevel`` (for a ``warnings.warn`` in the function calling this one) of the
+    first caller outside detlab's models and torch: the user's line, not torch's call
+    machinery or ``loss`` / ``predict``."""
+    inside = (os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+              os.path.dirname(os.path.abspath(torch.__file__)))
+    frame, level = sys._getframe(2), 2
+    while frame is not None and frame.f_code.co_filename.startswith(inside):
+        frame, level = frame.f_back, level + 1
+    return level if frame is not None else 2
 
 
 def _stride_key(head: nn.Module) -> str:
