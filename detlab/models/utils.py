@@ -121,11 +121,37 @@ def build_activation_layer(cfg: Mapping[str, Any], inplace: bool = True) -> nn.M
         raise ConfigError(f"act_cfg {dict(cfg)!r}: {err}") from err
 
 
+class Conv2dAdaptivePadding(nn.Conv2d):
+    """mmcv's ``Conv2dAdaptivePadding``: a conv with TensorFlow's ``padding='same'``, the input
+    padded at run time (the extra pixel of an odd total on the bottom / right) so that the
+    output has ``ceil(size / stride)`` cells; its ``padding`` argument is ignored, as mmcv
+    ignores it. EfficientNet's weights were trained with this padding."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
+                 stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
+                 dilation: int | tuple[int, int] = 1, groups: int = 1, bias: bool = True) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, 0, dilation, groups,
+                         bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, in_channels, H, W)`` -> ``(B, out_channels, ceil(H / s), ceil(W / s))``."""
+        pads = []
+        for size, k, s, d in zip(reversed(x.shape[-2:]), reversed(self.kernel_size),
+                                 reversed(self.stride), reversed(self.dilation), strict=True):
+            total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
+            pads += [total // 2, total - total // 2]
+        if any(pads):
+            x = nn.functional.pad(x, pads)
+        return nn.functional.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation,
+                                    self.groups)
+
+
 # conv_cfg type -> the layer class; Conv2d / Conv are plain convolutions, DCN / DCNv2 the
-# deformable ones under mmcv's registered names
+# deformable ones under mmcv's registered names, Conv2dAdaptivePadding TensorFlow's 'same'
 _CONV_LAYERS: dict[str, type[nn.Module]] = {
     "Conv2d": nn.Conv2d, "Conv": nn.Conv2d,
     "DCN": DeformConv2dPack, "DCNv2": ModulatedDeformConv2dPack,
+    "Conv2dAdaptivePadding": Conv2dAdaptivePadding,
 }
 CONV_TYPES = tuple(_CONV_LAYERS)
 

@@ -568,6 +568,8 @@ COMPONENTS = {
                                     norm_cfg=dict(type="GN", num_groups=4)),
                      test_cfg=TEST_CFG),
                 run_detector),
+    # EfficientNet
+    "EfficientNet": (dict(arch="b0", out_indices=(2, 3)), run_resnet),
 }
 
 

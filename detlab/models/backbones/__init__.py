@@ -23,3 +23,7 @@ __all__ += ["MobileNetV2"]
 from detlab.models.backbones.resnet import ResNeXt  # noqa: E402
 
 __all__ += ["ResNeXt"]
+
+from detlab.models.backbones.efficientnet import EfficientNet  # noqa: E402
+
+__all__ += ["EfficientNet"]
