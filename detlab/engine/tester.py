@@ -42,7 +42,10 @@ def merge_aug_results(per_aug: Sequence[DetResult], nms_iou: float = 0.5,
 def _predict(model: nn.Module, batch: Batch | list[Batch], device: torch.device) -> list[DetResult]:
     if isinstance(batch, Batch):
         return model.predict(batch.to(device))
-    per_aug = [model.predict(b.to(device)) for b in batch]  # list over augs of lists over images
+    batches = [b.to(device) for b in batch]
+    if hasattr(model, "predict_aug"):  # a detector with its own merging (CenterNet's flip test)
+        return model.predict_aug(batches)
+    per_aug = [model.predict(b) for b in batches]  # list over augs of lists over images
     test_cfg = getattr(model, "test_cfg", None) or {}
     nms = (test_cfg.get("nms") or {}).get("iou_threshold", 0.5)
     max_per_img = test_cfg.get("max_per_img", 100)
@@ -66,7 +69,9 @@ def single_gpu_test(model: nn.Module, data_loader: Iterable, show_dir: str | Non
                     show_score_thr: float = 0.3, progress: bool = True) -> list[DetResult]:
     """The model's detections for every image of ``data_loader``, in its order (on the CPU).
 
-    Batches of several test-time augmentations are merged per image. In a process group each
+    Batches of several test-time augmentations are merged per image: by the detector's own
+    ``predict_aug(batches)`` when it has one (CenterNet), otherwise by class-wise NMS over the
+    augmentations' detections. In a process group each
     process runs its share and the results are gathered (every process gets them all).
     ``show_dir`` receives each image with its detections above ``show_score_thr`` drawn.
     """

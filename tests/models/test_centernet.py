@@ -21,6 +21,7 @@ from test_fcos import HEIGHT, NUM_CLASSES, WIDTH, metas_and_targets, mmdet_losse
 from torch import nn
 
 from detlab.config import Config, ConfigError
+from detlab.engine.tester import _predict
 from detlab.models import build_model
 from detlab.models.heads import CenterNetHead
 from detlab.models.heads.centernet_head import draw_gaussian_, gaussian_radius
@@ -170,12 +171,16 @@ def test_flip_test_time_augmentation_matches_mmdetection(centernet_pair, with_nm
             expected = reference.aug_test([image, image.flip(3)],
                                           [[copy.deepcopy(meta)], [copy.deepcopy(flipped_meta)]],
                                           rescale=True)
-        actual = ours.predict_flip([Batch(image, targets[:1], [meta]),
-                                    Batch(image.flip(3), targets[:1], [flipped_meta])])
+        pairs = [Batch(image, targets[:1], [meta]),
+                 Batch(image.flip(3), targets[:1], [flipped_meta])]
+        actual = ours.predict_flip(pairs)
+        # the tester hands a test-time-augmented batch to the detector's own merging
+        through_tester = _predict(ours, pairs, torch.device("cpu"))
     finally:
         reference.bbox_head.test_cfg = type(reference.bbox_head.test_cfg)(saved[0])
         ours.bbox_head.test_cfg = saved[1]
     assert len(actual) == len(expected) == 1
+    torch.testing.assert_close(through_tester[0].boxes, actual[0].boxes)
     assert (len(actual[0].boxes) <= 60) if with_nms else (len(actual[0].boxes) == 100)
     for a, e in zip(actual[0].to_mmdet(NUM_CLASSES), expected[0], strict=True):
         np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-3)

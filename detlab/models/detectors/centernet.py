@@ -76,3 +76,8 @@ class CenterNet(SingleStageDetector):
             results.append(DetResult(boxes, scores, labels, class_names=classes,
                                      meta=dict(image[0].meta)))
         return results
+
+    def predict_aug(self, batches: Sequence[Batch]) -> list[DetResult]:
+        """The tester's entry for test-time augmentation (``MultiScaleFlipAug(flip=True)``
+        gives the plain and flipped batches of each scale in turn): :meth:`predict_flip`."""
+        return self.predict_flip(batches)
