@@ -57,6 +57,9 @@ SPECS = {
     "LoadAnnotations": (dict(with_mask=True, with_seg=True), "annotations",
                         {"gt_bboxes", "gt_bboxes_ignore", "gt_labels", "gt_masks",
                          "gt_semantic_seg"}, {"bbox_fields", "mask_fields", "seg_fields"}, ()),
+    "RandomCenterCropPad": (dict(crop_size=(16, 24), border=4, test_pad_mode=None, to_rgb=True,
+                                 **NORM), "float boxes", {"pad_shape"},
+                            {"img", "img_shape", "gt_bboxes", "gt_bboxes_ignore"} | DROPS, ()),
 }
 NOT_SAMPLE_TRANSFORMS = {"Compose", "MultiScaleFlipAug"}  # they run other transforms
 FIELD_LISTS = {"img": "img_fields", "gt_bboxes": "bbox_fields",
@@ -80,6 +83,10 @@ def _input(kind, tmp_path):
         first["mix_results"] = [second, make_sample((20, 30), BOXES),
                                 make_sample((20, 30), BOXES)]
         return first
+    if kind == "float boxes":  # a float32 image with boxes only (RandomCenterCropPad)
+        sample = make_sample((20, 30), BOXES, ignore=[[0, 0, 5, 5]])
+        sample.pop("gt_masks")
+        return dict(sample, img=sample["img"].astype(np.float32), mask_fields=[])
     if kind == "proposals":
         return dict(_sample(), proposals=np.array([[1, 2, 3, 4]], np.float32))
     Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "a.png")

@@ -7,6 +7,7 @@ instance ids stay in step through every one (see :mod:`detlab.data.transforms.in
 
 from detlab.data.transforms.affine import RandomAffine
 from detlab.data.transforms.albu import Albu
+from detlab.data.transforms.center_crop_pad import RandomCenterCropPad
 from detlab.data.transforms.compose import Compose
 from detlab.data.transforms.crop import MinIoURandomCrop, RandomCrop
 from detlab.data.transforms.formatting import (
@@ -46,4 +47,5 @@ __all__ = [
     "MinIoURandomCrop", "RandomAffine", "Mosaic", "MixUp", "LoadAnnotations",
     "LoadImageFromFile", "LoadProposals", "FilterAnnotations", "ImageReadError", "Normalize",
     "PhotoMetricDistortion", "YOLOXHSVRandomAug", "CutOut", "Albu", "MultiScaleFlipAug",
+    "RandomCenterCropPad",
 ]
