@@ -243,6 +243,17 @@ def run_assigner_with_predictions(obj):
     assert int((result.gt_inds >= 0).sum()) == 20 or name == "UniformAssigner"
 
 
+SABL_HEAD = dict(num_classes=2, in_channels=8, feat_channels=8, stacked_convs=1,
+                 approx_anchor_generator=dict(type="AnchorGenerator", octave_base_scale=4,
+                                              scales_per_octave=1, ratios=[0.5, 1.0, 2.0],
+                                              strides=[8, 16]),
+                 square_anchor_generator=dict(type="AnchorGenerator", ratios=[1.0], scales=[4],
+                                              strides=[8, 16]),
+                 train_cfg=dict(TRAIN_CFG, assigner=dict(type="ApproxMaxIoUAssigner",
+                                                         pos_iou_thr=0.5, neg_iou_thr=0.4,
+                                                         min_pos_iou=0, ignore_iof_thr=-1)),
+                 test_cfg=TEST_CFG)
+
 # name -> (small config, how to run it)
 PAA_ASSIGNER = dict(type="MaxIoUAssigner", pos_iou_thr=0.1, neg_iou_thr=0.1, min_pos_iou=0,
                     ignore_iof_thr=-1)
@@ -570,6 +581,10 @@ COMPONENTS = {
                 run_detector),
     # EfficientNet
     "EfficientNet": (dict(arch="b0", out_indices=(2, 3)), run_resnet),
+    # SABL RetinaNet
+    "SABLRetinaHead": (SABL_HEAD, lambda module: run_sabl_head(module)),
+    "BucketingBBoxCoder": (dict(num_buckets=14, scale_factor=3.0),
+                           lambda coder: run_bucketing_coder(coder)),
 }
 
 
@@ -669,3 +684,24 @@ def run_nasfcos_fpn(module):
     outputs = module(inputs)
     assert [tuple(o.shape[-2:]) for o in outputs] == [(16, 16), (8, 8), (4, 4), (2, 2)]
     _backward_through(module, outputs)
+
+
+def run_sabl_head(module):
+    """SABL's head: the three losses positive, a gradient to all three branches, detections."""
+    raw = module([torch.randn(2, 8, 4, 4), torch.randn(2, 8, 2, 2)])
+    batch = _batch()
+    losses = module.loss(raw, batch.targets, batch.metas)
+    assert set(losses) == {"loss_cls", "loss_bbox_cls", "loss_bbox_reg"}
+    assert all(v > 0 for v in losses.values())
+    sum(losses.values()).backward()
+    assert len(module.predict(raw, batch.metas)) == 2
+
+
+def run_bucketing_coder(coder):
+    """The bucketing coder decodes its own targets (one-hot buckets, exact offsets)."""
+    priors = _boxes(4)
+    gts = priors + torch.randn(4, 4) * 0.5
+    offsets, _, labels, _ = coder.encode(priors, gts)
+    boxes, confidence = coder.decode(priors, (labels * 20.0, offsets))
+    torch.testing.assert_close(boxes, gts, atol=1e-3, rtol=1e-4)
+    assert confidence.shape == (4,)

@@ -152,3 +152,7 @@ __all__ += ["CenterNetHead"]
 from detlab.models.heads.nasfcos_head import NASFCOSHead  # noqa: E402
 
 __all__ += ["NASFCOSHead"]
+
+from detlab.models.heads.sabl_retina_head import SABLRetinaHead  # noqa: E402
+
+__all__ += ["SABLRetinaHead"]
