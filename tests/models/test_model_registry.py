@@ -258,6 +258,12 @@ SABL_HEAD = dict(num_classes=2, in_channels=8, feat_channels=8, stacked_convs=1,
 PAA_ASSIGNER = dict(type="MaxIoUAssigner", pos_iou_thr=0.1, neg_iou_thr=0.1, min_pos_iou=0,
                     ignore_iof_thr=-1)
 
+REPPOINTS_HEAD = dict(num_classes=2, in_channels=8, feat_channels=8, point_feat_channels=8,
+                      stacked_convs=1, point_strides=[8, 16], test_cfg=TEST_CFG,
+                      train_cfg=dict(init=dict(assigner=dict(type="PointAssigner", scale=4,
+                                                             pos_num=1), pos_weight=-1),
+                                     refine=dict(assigner=PAA_ASSIGNER, pos_weight=-1)))
+
 COMPONENTS = {
     "ResNet": (dict(depth=18, frozen_stages=-1), run_resnet),
     "FPN": (dict(in_channels=[4, 8], out_channels=8, num_outs=4, add_extra_convs="on_input"),
@@ -585,6 +591,13 @@ COMPONENTS = {
     "SABLRetinaHead": (SABL_HEAD, lambda module: run_sabl_head(module)),
     "BucketingBBoxCoder": (dict(num_buckets=14, scale_factor=3.0),
                            lambda coder: run_bucketing_coder(coder)),
+    # RepPoints
+    "RepPointsHead": (REPPOINTS_HEAD, lambda module: run_reppoints(module)),
+    "RepPointsDetector": (dict(DETECTOR, bbox_head=dict({k: v for k, v in REPPOINTS_HEAD.items()
+                                                         if not k.endswith("_cfg")},
+                                                        type="RepPointsHead"),
+                               train_cfg=REPPOINTS_HEAD["train_cfg"]),
+                          lambda module: run_reppoints(module)),
 }
 
 
@@ -705,3 +718,21 @@ def run_bucketing_coder(coder):
     boxes, confidence = coder.decode(priors, (labels * 20.0, offsets))
     torch.testing.assert_close(boxes, gts, atol=1e-3, rtol=1e-4)
     assert confidence.shape == (4,)
+
+
+def run_reppoints(module):
+    """RepPoints' head or detector: the three losses positive (so moment_transfer, which only
+    the point losses reach, gets a gradient), detections."""
+    batch = _batch()
+    if hasattr(module, "bbox_head"):
+        losses = module.loss(batch)
+    else:
+        raw = module([torch.randn(2, 8, 4, 4), torch.randn(2, 8, 2, 2)])
+        losses = module.loss(raw, batch.targets, batch.metas)
+    assert set(losses) == {"loss_cls", "loss_pts_init", "loss_pts_refine"}
+    assert all(v > 0 for v in losses.values())
+    sum(losses.values()).backward()
+    if hasattr(module, "bbox_head"):
+        assert len(module.eval().predict(batch)) == 2
+    else:
+        assert len(module.predict(raw, batch.metas)) == 2

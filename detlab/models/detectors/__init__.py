@@ -60,3 +60,7 @@ __all__ += ["CenterNet"]
 from detlab.models.detectors.nasfcos import NASFCOS  # noqa: E402
 
 __all__ += ["NASFCOS"]
+
+from detlab.models.detectors.reppoints import RepPointsDetector  # noqa: E402
+
+__all__ += ["RepPointsDetector"]

@@ -156,3 +156,7 @@ __all__ += ["NASFCOSHead"]
 from detlab.models.heads.sabl_retina_head import SABLRetinaHead  # noqa: E402
 
 __all__ += ["SABLRetinaHead"]
+
+from detlab.models.heads.reppoints_head import RepPointsHead  # noqa: E402
+
+__all__ += ["RepPointsHead"]
