@@ -76,7 +76,36 @@ def small_model_overrides(cfg: Any, channels: int = 64, num_classes: int = 3,
         options["model.bbox_head.feat_channels"] = channels
     if "stacked_convs" in head:
         options["model.bbox_head.stacked_convs"] = 1
+    _teacher_overrides(model, channels, num_classes, tiny_input, options)
     return options
+
+
+def _teacher_overrides(model: Any, channels: int, num_classes: int, tiny_input: bool,
+                       options: dict[str, Any]) -> None:
+    """Knowledge distillation (LD, LAD): the teacher shrinks as the student does (so that their
+    outputs keep the same shapes) and builds without its checkpoint."""
+    from detlab.config import Config
+
+    if "teacher_ckpt" in model:
+        options["model.teacher_ckpt"] = None
+    teacher_config = model.get("teacher_config")
+    if teacher_config is not None:
+        if isinstance(teacher_config, str):
+            from detlab.models.detectors.kd_one_stage import resolve_config_path
+
+            teacher = Config.fromfile(resolve_config_path(teacher_config,
+                                                          "model.teacher_config"))
+        else:
+            teacher = Config(dict(teacher_config))
+        teacher.merge_from_dict(small_model_overrides(teacher, channels, num_classes,
+                                                      tiny_input))
+        options["model.teacher_config"] = dict(_delete_=True, model=teacher.to_dict()["model"])
+    if "teacher_bbox_head" in model:  # LAD: the teacher's parts inline
+        parts = dict(backbone=model["teacher_backbone"], neck=model.get("teacher_neck"),
+                     bbox_head=model["teacher_bbox_head"])
+        for key, value in small_model_overrides(dict(model=parts), channels, num_classes,
+                                                tiny_input).items():
+            options[key.replace("model.", "model.teacher_", 1)] = value
 
 
 def _neck_overrides(neck: Any, in_channels: list[int] | None, channels: int, tiny_input: bool,

@@ -264,6 +264,13 @@ REPPOINTS_HEAD = dict(num_classes=2, in_channels=8, feat_channels=8, point_feat_
                                                              pos_num=1), pos_weight=-1),
                                      refine=dict(assigner=PAA_ASSIGNER, pos_weight=-1)))
 
+LD_GFL_HEAD = dict(num_classes=2, in_channels=8, feat_channels=8, stacked_convs=1, reg_max=4,
+                   norm_cfg=dict(type="GN", num_groups=4),
+                   anchor_generator=dict(type="AnchorGenerator", ratios=[1.0],
+                                         octave_base_scale=4, scales_per_octave=1,
+                                         strides=[8, 16]))
+
+
 COMPONENTS = {
     "ResNet": (dict(depth=18, frozen_stages=-1), run_resnet),
     "FPN": (dict(in_channels=[4, 8], out_channels=8, num_outs=4, add_extra_convs="on_input"),
@@ -598,6 +605,21 @@ COMPONENTS = {
                                                         type="RepPointsHead"),
                                train_cfg=REPPOINTS_HEAD["train_cfg"]),
                           lambda module: run_reppoints(module)),
+    # LD (knowledge distillation): the head takes the teacher's regression maps
+    "LDHead": (dict(num_classes=2, in_channels=8, feat_channels=8, stacked_convs=1, reg_max=4,
+                    norm_cfg=dict(type="GN", num_groups=4),
+                    anchor_generator=dict(type="AnchorGenerator", ratios=[1.0],
+                                          octave_base_scale=4, scales_per_octave=1,
+                                          strides=[8, 16]),
+                    train_cfg=dict(TRAIN_CFG, assigner=dict(type="ATSSAssigner", topk=9)),
+                    test_cfg=TEST_CFG), lambda module: run_ld_head(module)),
+    "KnowledgeDistillationSingleStageDetector": (
+        dict(DETECTOR, bbox_head=dict(LD_GFL_HEAD, type="LDHead"),
+             train_cfg=dict(TRAIN_CFG, assigner=dict(type="ATSSAssigner", topk=9)),
+             teacher_config=dict(model=dict(DETECTOR, type="GFL",
+                                            bbox_head=dict(LD_GFL_HEAD, type="GFLHead"),
+                                            train_cfg=None))),
+        lambda module: run_kd_detector(module)),
 }
 
 
@@ -736,3 +758,23 @@ def run_reppoints(module):
         assert len(module.eval().predict(batch)) == 2
     else:
         assert len(module.predict(raw, batch.metas)) == 2
+
+
+def run_ld_head(module):
+    """LD's head: the distillation loss against another head's maps (here: random ones)."""
+    raw = module([torch.randn(2, 8, 4, 4), torch.randn(2, 8, 2, 2)])
+    batch = _batch()
+    soft = [torch.randn_like(m) for m in raw[1]]
+    losses = module.loss(raw, batch.targets, batch.metas, soft_targets=soft)
+    assert losses["loss_bbox"] > 0 and losses["loss_ld"] > 0
+    sum(losses.values()).backward()
+    assert len(module.predict(raw, batch.metas)) == 2
+
+
+def run_kd_detector(module):
+    """A distillation detector: the student's losses (the teacher's maps as soft targets), no
+    gradient into the teacher, which is not among the student's parameters."""
+    run_detector(module)
+    teacher = module.teacher_model
+    assert all(p.grad is None for p in teacher.parameters())
+    assert not {id(p) for p in teacher.parameters()} & {id(p) for p in module.parameters()}

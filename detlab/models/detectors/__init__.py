@@ -64,3 +64,9 @@ __all__ += ["NASFCOS"]
 from detlab.models.detectors.reppoints import RepPointsDetector  # noqa: E402
 
 __all__ += ["RepPointsDetector"]
+
+from detlab.models.detectors.kd_one_stage import (  # noqa: E402
+    KnowledgeDistillationSingleStageDetector,
+)
+
+__all__ += ["KnowledgeDistillationSingleStageDetector"]

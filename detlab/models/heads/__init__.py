@@ -160,3 +160,7 @@ __all__ += ["SABLRetinaHead"]
 from detlab.models.heads.reppoints_head import RepPointsHead  # noqa: E402
 
 __all__ += ["RepPointsHead"]
+
+from detlab.models.heads.ld_head import LDHead  # noqa: E402
+
+__all__ += ["LDHead"]

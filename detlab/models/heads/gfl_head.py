@@ -192,6 +192,14 @@ class GFLHead(AnchorHead):
              metas: Sequence[Mapping]) -> dict[str, torch.Tensor]:
         """``loss_cls`` (quality focal), ``loss_bbox`` (GIoU) and ``loss_dfl`` of the raw
         outputs against the ground truth (one target dict and one meta dict per image)."""
+        return self.loss_by_targets(*self.loss_rows(raw, targets, metas))
+
+    def loss_rows(self, raw: RawOutputs, targets: Sequence[Mapping], metas: Sequence[Mapping]
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                             AnchorTargets]:
+        """What :meth:`loss_by_targets` takes: the raw outputs as ``(B, A, C)`` logits and
+        ``(B, A, 4 * (R + 1))`` distribution logits, the ``(A, 4)`` anchors, their ``(A,)``
+        strides and the assigned targets."""
         cls_scores, bbox_preds = raw[0], raw[1]
         priors = self.get_priors(cls_scores, metas)
         cls_rows = levels_to_rows(cls_scores, self.cls_out_channels).float()  # (B, A, C)
@@ -204,7 +212,7 @@ class GFLHead(AnchorHead):
         strides = torch.repeat_interleave(
             torch.tensor(self.level_strides(), dtype=torch.float32, device=cls_rows.device),
             torch.tensor(priors.num_level, device=cls_rows.device))  # (A,)
-        return self.loss_by_targets(cls_rows, reg_rows, priors.priors, strides, t)
+        return cls_rows, reg_rows, priors.priors, strides, t
 
     def loss_by_targets(self, cls_rows: torch.Tensor, reg_rows: torch.Tensor,
                         anchors: torch.Tensor, strides: torch.Tensor,
