@@ -253,3 +253,7 @@ def test_09_model_zoo(tmp_path, one_thread):
     assert records["assumed_strides"] == [8, 16, 32]
     assert records["real_strides"] == [16, 32, 32]
     assert records["fixed_strides"] == [[16, 16], [32, 32], [32, 32]]
+    # the assigner-inspector widget: four assigners, SimOTA's positives in its table
+    assert records["inspector_assigners"] == ["MaxIoU (RetinaNet)", "ATSS", "SimOTA (YOLOX)",
+                                              "TaskAligned (TOOD)"]
+    assert records["inspector_simota_rows"] > 0
