@@ -254,6 +254,19 @@ SABL_HEAD = dict(num_classes=2, in_channels=8, feat_channels=8, stacked_convs=1,
                                                          min_pos_iou=0, ignore_iof_thr=-1)),
                  test_cfg=TEST_CFG)
 
+GA_RETINA_HEAD = dict(
+    num_classes=2, in_channels=8, feat_channels=8, stacked_convs=1,
+    approx_anchor_generator=dict(type="AnchorGenerator", octave_base_scale=4,
+                                 scales_per_octave=1, ratios=[0.5, 1.0, 2.0], strides=[8, 16]),
+    square_anchor_generator=dict(type="AnchorGenerator", ratios=[1.0], scales=[4],
+                                 strides=[8, 16]),
+    loss_cls=dict(type="FocalLoss", use_sigmoid=True),
+    train_cfg=dict(TRAIN_CFG, ga_assigner=dict(type="ApproxMaxIoUAssigner", pos_iou_thr=0.5,
+                                               neg_iou_thr=0.4, min_pos_iou=0,
+                                               ignore_iof_thr=-1),
+                   center_ratio=0.2, ignore_ratio=0.5),
+    test_cfg=TEST_CFG)
+
 # name -> (small config, how to run it)
 PAA_ASSIGNER = dict(type="MaxIoUAssigner", pos_iou_thr=0.1, neg_iou_thr=0.1, min_pos_iou=0,
                     ignore_iof_thr=-1)
@@ -620,6 +633,8 @@ COMPONENTS = {
                                             bbox_head=dict(LD_GFL_HEAD, type="GFLHead"),
                                             train_cfg=None))),
         lambda module: run_kd_detector(module)),
+    # Guided Anchoring RetinaNet
+    "GARetinaHead": (GA_RETINA_HEAD, lambda module: run_ga_head(module)),
 }
 
 
@@ -778,3 +793,15 @@ def run_kd_detector(module):
     teacher = module.teacher_model
     assert all(p.grad is None for p in teacher.parameters())
     assert not {id(p) for p in teacher.parameters()} & {id(p) for p in module.parameters()}
+
+
+def run_ga_head(module):
+    """Guided Anchoring's head: the four losses positive, a gradient to every branch (the
+    feature adaptions' offset convs through the deformable convs), detections."""
+    raw = module([torch.randn(2, 8, 4, 4), torch.randn(2, 8, 2, 2)])
+    batch = _batch()
+    losses = module.loss(raw, batch.targets, batch.metas)
+    assert set(losses) == {"loss_cls", "loss_bbox", "loss_shape", "loss_loc"}
+    assert all(v > 0 for v in losses.values())
+    sum(losses.values()).backward()
+    assert len(module.predict(raw, batch.metas)) == 2

@@ -164,3 +164,7 @@ __all__ += ["RepPointsHead"]
 from detlab.models.heads.ld_head import LDHead  # noqa: E402
 
 __all__ += ["LDHead"]
+
+from detlab.models.heads.guided_anchor_head import GARetinaHead  # noqa: E402
+
+__all__ += ["GARetinaHead"]
