@@ -284,6 +284,14 @@ LD_GFL_HEAD = dict(num_classes=2, in_channels=8, feat_channels=8, stacked_convs=
                                          strides=[8, 16]))
 
 
+LAD_HEAD = dict(num_classes=2, in_channels=8, feat_channels=8, stacked_convs=1,
+                norm_cfg=dict(type="GN", num_groups=4),
+                anchor_generator=dict(type="AnchorGenerator", ratios=[1.0], octave_base_scale=4,
+                                      scales_per_octave=1, strides=[8, 16]),
+                loss_cls=dict(type="FocalLoss", use_sigmoid=True),
+                loss_bbox=dict(type="GIoULoss", loss_weight=1.3))
+
+
 COMPONENTS = {
     "ResNet": (dict(depth=18, frozen_stages=-1), run_resnet),
     "FPN": (dict(in_channels=[4, 8], out_channels=8, num_outs=4, add_extra_convs="on_input"),
@@ -635,6 +643,14 @@ COMPONENTS = {
         lambda module: run_kd_detector(module)),
     # Guided Anchoring RetinaNet
     "GARetinaHead": (GA_RETINA_HEAD, lambda module: run_ga_head(module)),
+    # LAD (label assignment distillation): the head learns on a teacher's PAA assignment
+    "LADHead": (dict(LAD_HEAD, train_cfg=dict(TRAIN_CFG, assigner=PAA_ASSIGNER),
+                     test_cfg=TEST_CFG), run_head),
+    "LAD": (dict(DETECTOR, bbox_head=dict(LAD_HEAD, type="LADHead"),
+                 teacher_backbone=DETECTOR["backbone"], teacher_neck=DETECTOR["neck"],
+                 teacher_bbox_head=dict(LAD_HEAD, type="LADHead"), teacher_ckpt=None,
+                 train_cfg=dict(TRAIN_CFG, assigner=PAA_ASSIGNER)),
+            lambda module: run_kd_detector(module)),
 }
 
 

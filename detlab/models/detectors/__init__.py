@@ -70,3 +70,7 @@ from detlab.models.detectors.kd_one_stage import (  # noqa: E402
 )
 
 __all__ += ["KnowledgeDistillationSingleStageDetector"]
+
+from detlab.models.detectors.lad import LAD  # noqa: E402
+
+__all__ += ["LAD"]

@@ -168,3 +168,7 @@ __all__ += ["LDHead"]
 from detlab.models.heads.guided_anchor_head import GARetinaHead  # noqa: E402
 
 __all__ += ["GARetinaHead"]
+
+from detlab.models.heads.lad_head import LADHead  # noqa: E402
+
+__all__ += ["LADHead"]

@@ -24,7 +24,7 @@ scikit-learn is needed by the loss only (``pip install scikit-learn``).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -48,6 +48,20 @@ from detlab.registry import MODELS
 from detlab.structures import DetResult
 
 RawOutputs = tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]
+
+
+class PAAAssignment(NamedTuple):
+    """Targets after PAA's reassignment: ``(A, 4)`` anchors, ``(B, A)`` labels (``C`` for
+    negatives) and label weights, ``(B, A, 4)`` box targets and weights, and the number of
+    positives of the batch."""
+
+    anchors: torch.Tensor
+    labels: torch.Tensor
+    label_weights: torch.Tensor
+    bbox_targets: torch.Tensor
+    bbox_weights: torch.Tensor
+    num_pos: int
+
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 EPS = 1e-12
 
@@ -126,12 +140,23 @@ class PAAHead(ATSSHead):
              metas: Sequence[Mapping]) -> dict[str, torch.Tensor]:
         """``loss_cls``, ``loss_bbox`` and ``loss_iou`` of the raw outputs against the ground
         truth (one target dict and one meta dict per image)."""
+        a = self.reassigned_targets(raw, targets, metas)
         cls_scores, bbox_preds, iou_preds = raw
+        cls_rows = levels_to_rows(cls_scores, self.cls_out_channels).float()  # (B, A, C)
+        reg_rows = levels_to_rows(bbox_preds, 4).float()  # (B, A, 4)
+        iou_rows = levels_to_rows(iou_preds, 1).float()  # (B, A, 1)
+        return self.paa_losses(cls_rows, reg_rows, iou_rows, a.anchors, a.labels,
+                               a.label_weights, a.bbox_targets, a.num_pos)
+
+    def reassigned_targets(self, raw: RawOutputs, targets: Sequence[Mapping],
+                           metas: Sequence[Mapping]) -> PAAAssignment:
+        """The targets after the probabilistic reassignment of the first-assigned anchors by
+        the losses of these raw outputs (the anchors the mixture drops become negatives)."""
+        cls_scores, bbox_preds, _ = raw
         priors = self.get_priors(cls_scores, metas)
         t = self.get_targets(priors, targets, metas)
         cls_rows = levels_to_rows(cls_scores, self.cls_out_channels).float()  # (B, A, C)
         reg_rows = levels_to_rows(bbox_preds, 4).float()  # (B, A, 4)
-        iou_rows = levels_to_rows(iou_preds, 1).float()  # (B, A, 1)
         anchors = priors.priors
         labels, label_weights, bbox_weights = t.labels.clone(), t.label_weights.clone(), \
             t.bbox_weights.clone()
@@ -150,8 +175,8 @@ class PAAHead(ATSSHead):
             labels[i, dropped] = self.num_classes
             bbox_weights[i, dropped] = 0
             num_pos += len(kept)
-        return self.paa_losses(cls_rows, reg_rows, iou_rows, anchors, labels, label_weights,
-                               t.bbox_targets, num_pos)
+        return PAAAssignment(anchors, labels, label_weights, t.bbox_targets, bbox_weights,
+                             num_pos)
 
     def candidate_losses(self, cls_rows: torch.Tensor, reg_rows: torch.Tensor,
                          anchors: torch.Tensor, t: AnchorTargets, image: int,
