@@ -3,10 +3,6 @@ scores and box sides as distributions (generalized focal losses)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-
-from torch import nn
-
 from detlab.models.detectors.single_stage import SingleStageDetector
 from detlab.registry import MODELS
 
@@ -15,12 +11,5 @@ from detlab.registry import MODELS
 class GFL(SingleStageDetector):
     """GFL: backbone (e.g. ResNet), neck (FPN) and :class:`~detlab.models.heads.GFLHead`.
 
-    Arguments as :class:`SingleStageDetector`.
+    Arguments as :class:`SingleStageDetector` (MMDetection's).
     """
-
-    def __init__(self, backbone: Mapping | nn.Module, neck: Mapping | nn.Module | None,
-                 bbox_head: Mapping | nn.Module, train_cfg: Mapping | None = None,
-                 test_cfg: Mapping | None = None, pretrained: str | None = None,
-                 init_cfg: Mapping | Sequence[Mapping] | None = None) -> None:
-        super().__init__(backbone=backbone, neck=neck, bbox_head=bbox_head, train_cfg=train_cfg,
-                         test_cfg=test_cfg, pretrained=pretrained, init_cfg=init_cfg)
