@@ -288,3 +288,23 @@ def batchnorms_to_eval(module: nn.Module) -> None:
     for m in module.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.eval()
+
+
+class FrozenStagesMixin:
+    """``frozen_stages`` and ``norm_eval`` as MMDetection's backbones have them: a backbone
+    (an ``nn.Module``) that sets ``self.norm_eval`` and defines ``_freeze_stages()`` (which
+    stages to :func:`freeze`) stays that way whatever ``train()`` / ``eval()`` is called, its
+    BatchNorms on their running statistics while training with ``norm_eval``."""
+
+    norm_eval: bool = False
+
+    def _freeze_stages(self) -> None:
+        raise NotImplementedError
+
+    def train(self, mode: bool = True):
+        """Switch mode, keeping frozen stages (and, with ``norm_eval``, BatchNorm) in eval."""
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            batchnorms_to_eval(self)
+        return self

@@ -18,7 +18,7 @@ from torch import nn
 
 from detlab.config import ConfigError
 from detlab.models.init import initialize
-from detlab.models.utils import ConvModule, batchnorms_to_eval, freeze, frozen, thaw
+from detlab.models.utils import ConvModule, FrozenStagesMixin, freeze, frozen, thaw
 from detlab.registry import MODELS
 
 YOLOX_BN = frozen(type="BN", momentum=0.03, eps=0.001)
@@ -151,7 +151,7 @@ ARCH_SETTINGS = {
 
 
 @MODELS.register_module()
-class CSPDarknet(nn.Module):
+class CSPDarknet(FrozenStagesMixin, nn.Module):
     """CSPDarknet as MMDetection 2.28 builds it (modules ``stem``, ``stage1`` ...).
 
     Args:
@@ -214,14 +214,6 @@ class CSPDarknet(nn.Module):
 
     def _freeze_stages(self) -> None:
         freeze(getattr(self, name) for name in self.layers[:self.frozen_stages + 1])
-
-    def train(self, mode: bool = True) -> CSPDarknet:
-        """Switch mode, keeping frozen stages (and, with ``norm_eval``, BatchNorm) in eval."""
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            batchnorms_to_eval(self)
-        return self
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``(B, 3, H, W)`` -> the maps of ``out_indices``."""

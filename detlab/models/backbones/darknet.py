@@ -15,7 +15,7 @@ from torch import nn
 
 from detlab.config import ConfigError
 from detlab.models.init import initialize
-from detlab.models.utils import ConvModule, batchnorms_to_eval, freeze, frozen, thaw
+from detlab.models.utils import ConvModule, FrozenStagesMixin, freeze, frozen, thaw
 from detlab.registry import MODELS
 
 DARKNET_BN = frozen(type="BN", requires_grad=True)
@@ -50,7 +50,7 @@ ARCH_SETTINGS = {
 
 
 @MODELS.register_module()
-class Darknet(nn.Module):
+class Darknet(FrozenStagesMixin, nn.Module):
     """Darknet as MMDetection 2.28 builds it.
 
     Args:
@@ -109,14 +109,6 @@ class Darknet(nn.Module):
 
     def _freeze_stages(self) -> None:
         freeze(getattr(self, name) for name in self.cr_blocks[:max(self.frozen_stages, 0)])
-
-    def train(self, mode: bool = True) -> Darknet:
-        """Switch mode, keeping frozen stages (and, with ``norm_eval``, BatchNorm) in eval."""
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            batchnorms_to_eval(self)
-        return self
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``(B, 3, H, W)`` -> the maps of ``out_indices``."""

@@ -22,7 +22,7 @@ from torchvision.ops import StochasticDepth
 
 from detlab.config import ConfigError
 from detlab.models.init import initialize
-from detlab.models.utils import ConvModule, batchnorms_to_eval, freeze, frozen, thaw
+from detlab.models.utils import ConvModule, FrozenStagesMixin, freeze, frozen, thaw
 from detlab.registry import MODELS
 
 EFFICIENTNET_CONV = frozen(type="Conv2dAdaptivePadding")
@@ -221,7 +221,7 @@ class EdgeResidual(_ResidualBlock):
 
 
 @MODELS.register_module()
-class EfficientNet(nn.Module):
+class EfficientNet(FrozenStagesMixin, nn.Module):
     """EfficientNet as MMDetection 2.28 builds it (modules ``layers.0`` ... ``layers.6``).
 
     Args:
@@ -312,14 +312,6 @@ class EfficientNet(nn.Module):
 
     def _freeze_stages(self) -> None:
         freeze(self.layers[:self.frozen_stages])
-
-    def train(self, mode: bool = True) -> EfficientNet:
-        """Switch mode, keeping frozen stages (and, with ``norm_eval``, BatchNorm) in eval."""
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            batchnorms_to_eval(self)
-        return self
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``(B, 3, H, W)`` -> the maps of ``out_indices``."""

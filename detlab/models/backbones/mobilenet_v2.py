@@ -19,7 +19,7 @@ from torch import nn
 
 from detlab.config import ConfigError
 from detlab.models.init import initialize
-from detlab.models.utils import ConvModule, batchnorms_to_eval, freeze, frozen, thaw
+from detlab.models.utils import ConvModule, FrozenStagesMixin, freeze, frozen, thaw
 from detlab.registry import MODELS
 
 MOBILENET_BN = frozen(type="BN")
@@ -84,7 +84,7 @@ class InvertedResidual(nn.Module):
 
 
 @MODELS.register_module()
-class MobileNetV2(nn.Module):
+class MobileNetV2(FrozenStagesMixin, nn.Module):
     """MobileNetV2 as MMDetection 2.28 builds it.
 
     Args:
@@ -165,14 +165,6 @@ class MobileNetV2(nn.Module):
             for param in self.conv1.parameters():
                 param.requires_grad = False
         freeze(getattr(self, f"layer{i}") for i in range(1, self.frozen_stages + 1))
-
-    def train(self, mode: bool = True) -> MobileNetV2:
-        """Switch mode, keeping frozen stages (and, with ``norm_eval``, BatchNorm) in eval."""
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            batchnorms_to_eval(self)
-        return self
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``(B, 3, H, W)`` -> the maps of ``out_indices``."""

@@ -20,7 +20,7 @@ from detlab.config import ConfigError
 from detlab.models.init import default_resnet_init, initialize, is_pretrained
 from detlab.models.ops.deform_conv import DeformConv2dPack, ModulatedDeformConv2dPack
 from detlab.models.utils import (
-    batchnorms_to_eval,
+    FrozenStagesMixin,
     build_conv_layer,
     build_norm_layer,
     freeze,
@@ -107,7 +107,7 @@ def make_res_layer(block: type[nn.Module], inplanes: int, planes: int, num_block
 
 
 @MODELS.register_module()
-class ResNet(nn.Module):
+class ResNet(FrozenStagesMixin, nn.Module):
     """ResNet-18/34/50/101/152 returning the outputs of the stages in ``out_indices``.
 
     Args:
@@ -247,14 +247,6 @@ class ResNet(nn.Module):
     def _freeze_stages(self) -> None:
         frozen_modules = [self.conv1, self.bn1] if self.frozen_stages >= 0 else []
         freeze(frozen_modules + list(self.stages()[:max(self.frozen_stages, 0)]))
-
-    def train(self, mode: bool = True) -> ResNet:
-        """Switch mode, keeping frozen stages (and, with ``norm_eval``, BatchNorm) in eval."""
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            batchnorms_to_eval(self)
-        return self
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``(B, in_channels, H, W)`` -> the ``out_indices`` stage outputs, stage ``i`` of shape
