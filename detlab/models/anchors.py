@@ -14,7 +14,8 @@ then column) and, at each location, base prior by base prior -- the order of a h
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -573,3 +574,21 @@ class MlvlPointGenerator:
 
     def __repr__(self) -> str:
         return f"MlvlPointGenerator(strides={self.strides}, offset={self.offset})"
+
+
+def _cfg_value(cfg: Mapping | Any, key: str) -> Any:
+    return cfg.get(key) if isinstance(cfg, Mapping) else getattr(cfg, key, None)
+
+
+def check_approx_and_square(owner: str, approx: Mapping | Any, square: Mapping | Any) -> None:
+    """Fail unless the square generator's ``scales[0]`` is the approx generator's
+    ``octave_base_scale`` and both have the same strides (MMDetection asserts both)."""
+    scales = _cfg_value(square, "scales")
+    base = _cfg_value(approx, "octave_base_scale")
+    if scales is not None and base is not None and float(base) != float(list(scales)[0]):
+        raise ConfigError(f"{owner}: square_anchor_generator.scales[0] ({list(scales)[0]}) must "
+                          f"equal approx_anchor_generator.octave_base_scale ({base})")
+    strides = [_cfg_value(g, "strides") for g in (approx, square)]
+    if None not in strides and list(strides[0]) != list(strides[1]):
+        raise ConfigError(f"{owner}: approx_anchor_generator.strides {strides[0]} and "
+                          f"square_anchor_generator.strides {strides[1]} must be the same")

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from detlab.config import ConfigError
-from detlab.models.anchors import anchor_inside_flags
+from detlab.models.anchors import anchor_inside_flags, check_approx_and_square
 from detlab.models.assigners import PseudoSampler
 from detlab.models.heads.anchor_head import AnchorHead, AnchorTargets
 from detlab.models.heads.base_dense_head import (
@@ -121,24 +121,6 @@ class FeatureAdaption(nn.Module):
         """``(B, in_channels, H, W)`` features, ``(B, 2, H, W)`` shape map -> ``(B,
         out_channels, H, W)``."""
         return self.relu(self.conv_adaption(x, self.conv_offset(shape.detach())))
-
-
-def _cfg_value(cfg: Mapping | Any, key: str) -> Any:
-    return cfg.get(key) if isinstance(cfg, Mapping) else getattr(cfg, key, None)
-
-
-def check_approx_and_square(owner: str, approx: Mapping | Any, square: Mapping | Any) -> None:
-    """Fail unless the square generator's ``scales[0]`` is the approx generator's
-    ``octave_base_scale`` and both have the same strides (MMDetection asserts both)."""
-    scales = _cfg_value(square, "scales")
-    base = _cfg_value(approx, "octave_base_scale")
-    if scales is not None and base is not None and float(base) != float(list(scales)[0]):
-        raise ConfigError(f"{owner}: square_anchor_generator.scales[0] ({list(scales)[0]}) must "
-                          f"equal approx_anchor_generator.octave_base_scale ({base})")
-    strides = [_cfg_value(g, "strides") for g in (approx, square)]
-    if None not in strides and list(strides[0]) != list(strides[1]):
-        raise ConfigError(f"{owner}: approx_anchor_generator.strides {strides[0]} and "
-                          f"square_anchor_generator.strides {strides[1]} must be the same")
 
 
 def takes_approxs(assigner: Any) -> bool:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from detlab.config import ConfigError
-from detlab.models.anchors import anchor_inside_flags
+from detlab.models.anchors import anchor_inside_flags, check_approx_and_square
 from detlab.models.bucketing_coder import BucketingBBoxCoder
 from detlab.models.heads.base_dense_head import BaseDenseHead, GroundTruth, pad_shape_of
 from detlab.models.heads.nms import multiclass_nms
@@ -48,10 +48,6 @@ SQUARE_ANCHORS = frozen(type="AnchorGenerator", ratios=(1.0,), scales=(4,),
 BUCKETING = frozen(type="BucketingBBoxCoder", num_buckets=14, scale_factor=3.0)
 BUCKET_CE = frozen(type="CrossEntropyLoss", use_sigmoid=True, loss_weight=1.5)
 OFFSET_SMOOTH_L1 = frozen(type="SmoothL1Loss", beta=1.0 / 9.0, loss_weight=1.5)
-
-
-def _cfg_value(cfg: Mapping | Any, key: str) -> Any:
-    return cfg.get(key) if isinstance(cfg, Mapping) else getattr(cfg, key, None)
 
 
 @MODELS.register_module()
@@ -92,7 +88,8 @@ class SABLRetinaHead(BaseDenseHead):
                  loss_bbox_cls: Mapping | nn.Module = BUCKET_CE,
                  loss_bbox_reg: Mapping | nn.Module = OFFSET_SMOOTH_L1,
                  init_cfg: Mapping | Sequence[Mapping] | None = RETINA_INIT) -> None:
-        self._check_generators(approx_anchor_generator, square_anchor_generator)
+        check_approx_and_square("SABLRetinaHead", approx_anchor_generator,
+                                square_anchor_generator)
         super().__init__(num_classes=num_classes, in_channels=in_channels,
                          prior_generator=square_anchor_generator, bbox_coder=bbox_coder,
                          loss_cls=loss_cls, loss_bbox=loss_bbox_reg, train_cfg=train_cfg,
@@ -123,18 +120,6 @@ class SABLRetinaHead(BaseDenseHead):
         self.retina_bbox_reg = nn.Conv2d(feat_channels, self.side_num * 4, 3, padding=1)
         self.retina_bbox_cls = nn.Conv2d(feat_channels, self.side_num * 4, 3, padding=1)
         initialize(self, init_cfg, load_pretrained=False)
-
-    @staticmethod
-    def _check_generators(approx: Mapping | Any, square: Mapping | Any) -> None:
-        scales = _cfg_value(square, "scales")
-        base = _cfg_value(approx, "octave_base_scale")
-        if scales is not None and base is not None and float(base) != float(list(scales)[0]):
-            raise ConfigError(f"SABLRetinaHead: square_anchor_generator.scales[0] ({scales[0]}) "
-                              f"must equal approx_anchor_generator.octave_base_scale ({base})")
-        strides = [_cfg_value(g, "strides") for g in (approx, square)]
-        if None not in strides and list(strides[0]) != list(strides[1]):
-            raise ConfigError(f"SABLRetinaHead: approx_anchor_generator.strides {strides[0]} and "
-                              f"square_anchor_generator.strides {strides[1]} must be the same")
 
     def _tower(self, conv_cfg: Mapping | None, norm_cfg: Mapping | None) -> nn.ModuleList:
         return nn.ModuleList(
