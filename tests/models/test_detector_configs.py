@@ -54,9 +54,18 @@ NO_BACKGROUND_LOSS = {"SSDHead"}
 INPUT_SIZE = {"NASFPN": 128}
 
 
+# the keys of a model config that hold a head: a dense head, or a two-stage detector's heads
+HEAD_KEYS = ("bbox_head", "rpn_head", "roi_head")
+
+
 def _is_detector(model: object) -> bool:
     """A config's ``model`` that builds a detector: a dict with a ``type`` and a head."""
-    return isinstance(model, dict) and "type" in model and "bbox_head" in model
+    return isinstance(model, dict) and "type" in model and any(k in model for k in HEAD_KEYS)
+
+
+def _first_head(model: dict) -> dict | None:
+    """The dense head of a model config: ``bbox_head``, else a two-stage one's ``rpn_head``."""
+    return model.get("bbox_head") or model.get("rpn_head")
 
 
 def shipped_detector_configs() -> list[str]:
@@ -83,7 +92,7 @@ SHIPPED = shipped_detector_configs()
 def _missing_types(model: dict) -> list[str]:
     """The detector, backbone, neck(s) and head types of a model config that are not
     registered (yet: other families are added in parallel)."""
-    parts = [model, model.get("backbone"), model.get("bbox_head")]
+    parts = [model, model.get("backbone"), *(model.get(k) for k in HEAD_KEYS)]
     necks = model.get("neck")
     parts += list(necks) if isinstance(necks, (list, tuple)) else [necks]
     return [part["type"] for part in parts
@@ -154,7 +163,8 @@ def _check_finite(losses: dict[str, torch.Tensor], what: str) -> None:
 def _component_types(model: dict) -> list[str]:
     necks = model.get("neck")
     necks = list(necks) if isinstance(necks, (list, tuple)) else [necks]
-    return [part["type"] for part in [model["backbone"], *necks, model["bbox_head"]]
+    return [part["type"] for part in [model["backbone"], *necks,
+                                      *(model.get(k) for k in HEAD_KEYS)]
             if isinstance(part, dict)]
 
 
@@ -180,7 +190,7 @@ def check_loss_without_ground_truth(model: torch.nn.Module, batch: Batch, what: 
     losses = model.loss(without_boxes(batch, images=tuple(range(len(batch.targets)))))
     _check_finite(losses, f"{what} without ground truth")
     total = float(_total(losses).detach())
-    if type(model.bbox_head).__name__ in NO_BACKGROUND_LOSS:
+    if type(getattr(model, "bbox_head", None)).__name__ in NO_BACKGROUND_LOSS:
         assert total == 0, f"{what}: a loss without objects: {losses}"
     else:
         assert total > 0, f"{what}: no background loss without objects: {losses}"
@@ -241,7 +251,7 @@ def _shipped_with_head(head: str) -> str | None:
             model = Config.fromfile(str(CONFIGS / name))["model"]
         except Exception:  # its own test reports it
             continue
-        if model["bbox_head"]["type"] == head and not _missing_types(model):
+        if (_first_head(model) or {}).get("type") == head and not _missing_types(model):
             return name
     return None
 
@@ -251,7 +261,7 @@ def _components_detector_with_head(head: str) -> Config | None:
     from test_model_registry import COMPONENTS
 
     for detector, (options, _) in sorted(COMPONENTS.items()):
-        bbox_head = options.get("bbox_head") if isinstance(options, dict) else None
+        bbox_head = _first_head(options) if isinstance(options, dict) else None
         if isinstance(bbox_head, dict) and bbox_head.get("type") == head:
             return Config(dict(model=dict(options, type=detector)))
     return None

@@ -292,6 +292,39 @@ LAD_HEAD = dict(num_classes=2, in_channels=8, feat_channels=8, stacked_convs=1,
                 loss_bbox=dict(type="GIoULoss", loss_weight=1.3))
 
 
+RPN_HEAD = dict(in_channels=8, feat_channels=8,
+                anchor_generator=dict(type="AnchorGenerator", scales=[2], ratios=[0.5, 1.0],
+                                      strides=[8, 16]),
+                loss_bbox=dict(type="L1Loss", loss_weight=1.0))
+RPN_TRAIN_CFG = dict(assigner=dict(type="MaxIoUAssigner", pos_iou_thr=0.7, neg_iou_thr=0.3,
+                                   min_pos_iou=0.3, ignore_iof_thr=-1),
+                     sampler=dict(type="RandomSampler", num=32, pos_fraction=0.5, neg_pos_ub=-1,
+                                  add_gt_as_proposals=False),
+                     allowed_border=0, pos_weight=-1, debug=False)
+RPN_TEST_CFG = dict(nms_pre=50, max_per_img=20, nms=dict(type="nms", iou_threshold=0.7),
+                    min_bbox_size=0)
+
+
+def run_rpn_head(module):
+    raw = module([torch.randn(2, 8, 4, 4), torch.randn(2, 8, 2, 2)])
+    batch = _batch()
+    losses = module.loss(raw, batch.targets, batch.metas)
+    assert set(losses) == {"loss_rpn_cls", "loss_rpn_bbox"} and losses["loss_rpn_bbox"] > 0
+    sum(losses.values()).backward()
+    proposals = module.proposals_by_feat(*raw, batch.metas)
+    assert len(proposals) == 2 and all(p.shape[1] == 5 for p in proposals)
+    assert len(module.predict(raw, batch.metas)) == 2
+
+
+def run_rpn_detector(module):
+    batch = _batch()
+    losses = module.loss(batch)
+    assert losses["loss_rpn_bbox"] > 0
+    sum(losses.values()).backward()
+    results = module.eval().predict(batch)
+    assert len(results) == 2 and all((r.labels == 0).all() for r in results)
+
+
 COMPONENTS = {
     "ResNet": (dict(depth=18, frozen_stages=-1), run_resnet),
     "FPN": (dict(in_channels=[4, 8], out_channels=8, num_outs=4, add_extra_convs="on_input"),
@@ -651,6 +684,12 @@ COMPONENTS = {
                  teacher_bbox_head=dict(LAD_HEAD, type="LADHead"), teacher_ckpt=None,
                  train_cfg=dict(TRAIN_CFG, assigner=PAA_ASSIGNER)),
             lambda module: run_kd_detector(module)),
+    # RPN
+    "RPNHead": (dict(RPN_HEAD, train_cfg=RPN_TRAIN_CFG, test_cfg=RPN_TEST_CFG), run_rpn_head),
+    "RPN": (dict(backbone=DETECTOR["backbone"], neck=DETECTOR["neck"],
+                 rpn_head=dict(RPN_HEAD, type="RPNHead"),
+                 train_cfg=dict(rpn=RPN_TRAIN_CFG), test_cfg=dict(rpn=RPN_TEST_CFG)),
+            run_rpn_detector),
 }
 
 

@@ -74,3 +74,7 @@ __all__ += ["KnowledgeDistillationSingleStageDetector"]
 from detlab.models.detectors.lad import LAD  # noqa: E402
 
 __all__ += ["LAD"]
+
+from detlab.models.detectors.rpn import RPN  # noqa: E402
+
+__all__ += ["RPN"]

@@ -172,3 +172,7 @@ __all__ += ["GARetinaHead"]
 from detlab.models.heads.lad_head import LADHead  # noqa: E402
 
 __all__ += ["LADHead"]
+
+from detlab.models.heads.rpn_head import RPNHead  # noqa: E402
+
+__all__ += ["RPNHead"]

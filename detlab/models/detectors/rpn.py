@@ -1,0 +1,84 @@
+"""The region proposal network as a detector of its own (MMDetection 2.28's ``RPN``): a backbone,
+an optional neck and an ``rpn_head``; its results are proposals, class-agnostic boxes with an
+objectness score, evaluated by their recall (``proposal_fast`` / ``proposal``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from detlab.config import ConfigError
+from detlab.models.detectors.single_stage import SingleStageDetector, _pretrained_arg
+from detlab.models.utils import thaw
+from detlab.registry import MODELS
+from detlab.structures import Batch, DetResult
+
+
+def stage_cfg(cfg: Mapping | None, key: str, where: str) -> Any:
+    """``cfg[key]`` of a two-level ``train_cfg`` / ``test_cfg`` (``rpn``, ``rcnn`` ...), None
+    without ``cfg``; fails, saying how the config should look, when ``cfg`` is flat."""
+    if cfg is None:
+        return None
+    if not isinstance(cfg, Mapping):
+        raise ConfigError(f"{where} must be a dict with {key}=dict(...), got {cfg!r}")
+    if key not in cfg:
+        raise ConfigError(f"{where} has no {key!r}: the settings of the proposal stage go in "
+                          f"{where}.{key}=dict(...); it has {sorted(cfg)}")
+    return cfg[key]
+
+
+@MODELS.register_module()
+class RPN(SingleStageDetector):
+    """Region proposal network.
+
+    Args:
+        backbone: config or module.
+        neck: config or module (or None).
+        rpn_head: config or module (an ``RPNHead``); gets ``train_cfg.rpn`` and
+            ``test_cfg.rpn``.
+        train_cfg: ``dict(rpn=dict(assigner=..., sampler=..., allowed_border, pos_weight,
+            debug))``, or None for a model that only predicts.
+        test_cfg: ``dict(rpn=dict(nms_pre, max_per_img, nms, min_bbox_size))``.
+        pretrained: deprecated: a checkpoint for the backbone (use the backbone's init_cfg).
+        init_cfg: initialization of the whole detector.
+
+    ``predict`` returns each image's proposals as a :class:`DetResult` of class 0 (boxes in
+    original-image pixels, objectness scores, best first).
+    """
+
+    def __init__(self, backbone: Mapping | nn.Module, neck: Mapping | nn.Module | None = None,
+                 rpn_head: Mapping | nn.Module | None = None, train_cfg: Mapping | None = None,
+                 test_cfg: Mapping | None = None, pretrained: str | None = None,
+                 init_cfg: Mapping | Sequence[Mapping] | None = None) -> None:
+        nn.Module.__init__(self)
+        self.backbone = MODELS.build(backbone, **_pretrained_arg(backbone, pretrained))
+        self.neck = MODELS.build(neck) if neck is not None else None
+        if rpn_head is None:
+            raise ConfigError("RPN needs an rpn_head (model.rpn_head), e.g. "
+                              "dict(type='RPNHead', in_channels=256)")
+        self.rpn_head = MODELS.build(
+            rpn_head, train_cfg=stage_cfg(train_cfg, "rpn", "model.train_cfg"),
+            test_cfg=stage_cfg(test_cfg, "rpn", "model.test_cfg"))
+        self.train_cfg, self.test_cfg, self.init_cfg = thaw(train_cfg), thaw(test_cfg), \
+            thaw(init_cfg)
+        self._check_channels()
+        self._strides_checked = False
+
+    @property
+    def bbox_head(self) -> nn.Module:
+        """The ``rpn_head`` (the name the single-stage machinery reads)."""
+        return self.rpn_head
+
+    def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """``loss_rpn_cls`` and ``loss_rpn_bbox`` of a training batch (labels are not read)."""
+        raw = self.forward(batch.images)
+        return self.rpn_head.loss(raw, batch.targets, batch.metas)
+
+    @torch.no_grad()
+    def predict(self, batch: Batch, rescale: bool = True) -> list[DetResult]:
+        """Each image's proposals (``test_cfg.rpn``) as detections of class 0, in
+        original-image pixels with ``rescale``."""
+        return super().predict(batch, rescale=rescale)
