@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from detlab.config import ConfigError
+from detlab.models.backbones.mobile_blocks import InvertedResidual, make_divisible
 from detlab.models.init import initialize
 from detlab.models.utils import ConvModule, FrozenStagesMixin, freeze, frozen, thaw
 from detlab.registry import MODELS
@@ -30,57 +31,6 @@ MOBILENET_INIT = (frozen(type="Kaiming", layer="Conv2d"),
 # per stage: expansion ratio, output channels (before widen_factor), blocks, first stride
 ARCH_SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
                  (6, 160, 3, 2), (6, 320, 1, 1))
-
-
-def make_divisible(value: float, divisor: int, min_value: int | None = None,
-                   min_ratio: float = 0.9) -> int:
-    """``value`` rounded to the nearest multiple of ``divisor`` (at least ``min_value``, default
-    ``divisor``), one ``divisor`` more when rounding lost over ``1 - min_ratio`` of it -- the
-    channel rounding of MobileNet's width multipliers."""
-    min_value = divisor if min_value is None else min_value
-    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
-    return rounded + divisor if rounded < min_ratio * value else rounded
-
-
-class InvertedResidual(nn.Module):
-    """1x1 expansion to ``mid_channels`` (``expand_conv``, only ``with_expand_conv``), a
-    depthwise ``kernel_size`` conv with ``stride`` (``depthwise_conv``), a 1x1 projection to
-    ``out_channels`` without activation (``linear_conv``); plus the input when ``stride`` is 1
-    and the channels agree."""
-
-    def __init__(self, in_channels: int, out_channels: int, mid_channels: int,
-                 kernel_size: int = 3, stride: int = 1, with_expand_conv: bool = True,
-                 conv_cfg: Mapping | None = None, norm_cfg: Mapping | None = MOBILENET_BN,
-                 act_cfg: Mapping | None = RELU6, with_cp: bool = False) -> None:
-        super().__init__()
-        if stride not in (1, 2):
-            raise ConfigError(f"InvertedResidual stride must be 1 or 2, got {stride}")
-        if not with_expand_conv and mid_channels != in_channels:
-            raise ConfigError(f"InvertedResidual without expand_conv needs mid_channels == "
-                              f"in_channels, got {mid_channels} and {in_channels}")
-        self.with_res_shortcut = stride == 1 and in_channels == out_channels
-        self.with_expand_conv, self.with_cp = with_expand_conv, with_cp
-        common = dict(conv_cfg=conv_cfg, norm_cfg=norm_cfg)
-        if with_expand_conv:
-            self.expand_conv = ConvModule(in_channels, mid_channels, 1, act_cfg=act_cfg,
-                                          **common)
-        self.depthwise_conv = ConvModule(mid_channels, mid_channels, kernel_size, stride=stride,
-                                         padding=kernel_size // 2, groups=mid_channels,
-                                         act_cfg=act_cfg, **common)
-        self.linear_conv = ConvModule(mid_channels, out_channels, 1, act_cfg=None, **common)
-
-    def _inner(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.expand_conv(x) if self.with_expand_conv else x
-        out = self.linear_conv(self.depthwise_conv(out))
-        return x + out if self.with_res_shortcut else out
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, in_channels, H, W)`` -> ``(B, out_channels, H / stride, W / stride)``."""
-        if self.with_cp and x.requires_grad:
-            from torch.utils.checkpoint import checkpoint
-
-            return checkpoint(self._inner, x, use_reentrant=False)
-        return self._inner(x)
 
 
 @MODELS.register_module()
