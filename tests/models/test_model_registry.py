@@ -325,6 +325,9 @@ def run_rpn_detector(module):
     assert len(results) == 2 and all((r.labels == 0).all() for r in results)
 
 
+PISA_TRAIN_CFG = dict(isr=dict(k=2.0, bias=0.0), carl=dict(k=1.0, bias=0.2))
+
+
 COMPONENTS = {
     "ResNet": (dict(depth=18, frozen_stages=-1), run_resnet),
     "FPN": (dict(in_channels=[4, 8], out_channels=8, num_outs=4, add_extra_convs="on_input"),
@@ -690,6 +693,16 @@ COMPONENTS = {
                  rpn_head=dict(RPN_HEAD, type="RPNHead"),
                  train_cfg=dict(rpn=RPN_TRAIN_CFG), test_cfg=dict(rpn=RPN_TEST_CFG)),
             run_rpn_detector),
+    # PISA: ISR-P reweighting and the CARL loss on RetinaNet's and SSD's heads
+    "PISARetinaHead": (dict({k: v for k, v in HEAD.items() if k != "type"},
+                            train_cfg=dict(TRAIN_CFG, **PISA_TRAIN_CFG)), run_head),
+    "PISASSDHead": (dict(num_classes=2, in_channels=(8, 8),
+                         anchor_generator=dict(type="SSDAnchorGenerator", scale_major=False,
+                                               strides=[8, 16], ratios=[[2], [2]],
+                                               min_sizes=[8, 16], max_sizes=[16, 32]),
+                         train_cfg=dict(TRAIN_CFG, neg_pos_ratio=3, smoothl1_beta=1.0,
+                                        **PISA_TRAIN_CFG),
+                         test_cfg=TEST_CFG), run_head),
 }
 
 

@@ -176,3 +176,8 @@ __all__ += ["LADHead"]
 from detlab.models.heads.rpn_head import RPNHead  # noqa: E402
 
 __all__ += ["RPNHead"]
+
+from detlab.models.heads.pisa_retinanet_head import PISARetinaHead  # noqa: E402
+from detlab.models.heads.pisa_ssd_head import PISASSDHead  # noqa: E402
+
+__all__ += ["PISARetinaHead", "PISASSDHead"]

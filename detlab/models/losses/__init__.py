@@ -62,3 +62,7 @@ __all__ = [
     "mse_loss", "quality_focal_loss", "reduce_loss", "smooth_l1_loss", "varifocal_loss",
     "weight_reduce_loss", "weighted_loss",
 ]
+
+from detlab.models.losses.pisa_loss import carl_loss, isr_p  # noqa: E402
+
+__all__ += ["carl_loss", "isr_p"]
