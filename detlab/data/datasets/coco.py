@@ -21,7 +21,7 @@ from detlab.data.datasets.custom import CustomDataset
 from detlab.data.datasets.export import as_det_results
 from detlab.registry import DATASETS
 
-METRICS = ("bbox", "segm", "proposal")
+METRICS = ("bbox", "segm", "proposal", "proposal_fast")
 _IMAGE_KEYS = ("id", "file_name", "width", "height")
 
 
@@ -273,9 +273,12 @@ class CocoDataset(CustomDataset):
         """COCO metrics of ``results`` (one ``DetResult`` per image, in dataset order) against
         the annotation file as it is (``self.coco``).
 
-        ``metric`` is ``'bbox'``, ``'segm'``, ``'proposal'`` or a list of them; the other
-        arguments are MMDetection 2.x's and go to :func:`detlab.evaluation.coco.coco_evaluate`;
-        ``jsonfile_prefix`` also writes the results to ``{prefix}.bbox.json``.
+        ``metric`` is ``'bbox'``, ``'segm'``, ``'proposal'``, ``'proposal_fast'`` or a list of
+        them; the other arguments are MMDetection 2.x's and go to
+        :func:`detlab.evaluation.coco.coco_evaluate`; ``jsonfile_prefix`` also writes the
+        results to ``{prefix}.bbox.json``. ``'proposal_fast'`` is MMDetection's quick recall of
+        proposals, ``AR@{num}`` for each of ``proposal_nums`` averaged over ``iou_thrs``
+        (default 0.5:0.95), see :func:`detlab.evaluation.proposals.fast_eval_recall`.
         """
         metrics = [metric] if isinstance(metric, str) else list(metric)
         bad = [m for m in metrics if m not in METRICS]
@@ -290,11 +293,17 @@ class CocoDataset(CustomDataset):
             dump_results(results, self.img_ids, self.cat_ids, f"{jsonfile_prefix}.bbox.json")
         out: dict[str, Any] = {}
         for name in metrics:
-            metrics_of = coco_evaluate(
-                self.coco, list(results), iou_type=name, classwise=classwise,
-                cat_ids=self.cat_ids, img_ids=self.img_ids, class_names=self.CLASSES,
-                iou_thrs=iou_thrs, proposal_nums=proposal_nums, metric_items=metric_items,
-                logger=logger)
+            if name == "proposal_fast":
+                from detlab.evaluation.proposals import coco_gt_boxes, fast_eval_recall
+
+                metrics_of = fast_eval_recall(coco_gt_boxes(self.coco, self.img_ids), results,
+                                              proposal_nums, iou_thrs, logger)
+            else:
+                metrics_of = coco_evaluate(
+                    self.coco, list(results), iou_type=name, classwise=classwise,
+                    cat_ids=self.cat_ids, img_ids=self.img_ids, class_names=self.CLASSES,
+                    iou_thrs=iou_thrs, proposal_nums=proposal_nums, metric_items=metric_items,
+                    logger=logger)
             # keys every metric has (e.g. a summary) keep the first; later ones get a prefix
             out.update({(f"{name}_{key}" if key in out else key): value
                         for key, value in metrics_of.items()})
