@@ -44,7 +44,7 @@ def small_model_overrides(cfg: Any, channels: int = 64, num_classes: int = 3,
     levels (``level_paddings`` 0, which need a 3-pixel map) get padding 1.
     """
     model = cfg["model"]
-    backbone, neck, head = model["backbone"], model.get("neck"), model["bbox_head"]
+    backbone, neck, head = model["backbone"], model.get("neck"), model.get("bbox_head")
     options: dict[str, Any] = {}
     in_channels: list[int] | None = None  # the shrunk backbone's output channels
     if backbone["type"] in ("ResNet", "ResNeXt"):
@@ -63,6 +63,10 @@ def small_model_overrides(cfg: Any, channels: int = 64, num_classes: int = 3,
         if "pretrained" in backbone:
             options["model.backbone.pretrained"] = None
     level_channels = _neck_overrides(neck, in_channels, channels, tiny_input, options)
+    _two_stage_overrides(model, level_channels[-1] if level_channels else channels, channels,
+                         num_classes, options)
+    if head is None:
+        return options
     if "num_classes" in head:
         options["model.bbox_head.num_classes"] = num_classes
     if isinstance(head.get("in_channels"), (list, tuple)):
@@ -78,6 +82,59 @@ def small_model_overrides(cfg: Any, channels: int = 64, num_classes: int = 3,
         options["model.bbox_head.stacked_convs"] = 1
     _teacher_overrides(model, channels, num_classes, tiny_input, options)
     return options
+
+
+def _two_stage_overrides(model: Any, in_channels: int, channels: int, num_classes: int,
+                         options: dict[str, Any]) -> None:
+    """A two-stage detector's heads: the RPN head (``in_channels``, ``feat_channels``) reads
+    the neck's ``in_channels`` maps; the RoI head's extractors pool them (``out_channels``) and
+    its box and mask heads (one or a list of each, as Cascade R-CNN's) get ``channels`` wide
+    convs / fcs and ``num_classes`` classes."""
+    rpn = model.get("rpn_head")
+    if rpn is not None:
+        options["model.rpn_head.in_channels"] = in_channels
+        if "feat_channels" in rpn:
+            options["model.rpn_head.feat_channels"] = channels
+    roi = model.get("roi_head")
+    if roi is None:
+        return
+    for key in ("bbox_roi_extractor", "mask_roi_extractor"):
+        extractors = roi.get(key)
+        if isinstance(extractors, (list, tuple)):
+            options[f"model.roi_head.{key}"] = [dict(e, out_channels=in_channels)
+                                                for e in extractors]
+        elif extractors is not None:
+            options[f"model.roi_head.{key}.out_channels"] = in_channels
+    for key in ("bbox_head", "mask_head"):
+        heads = roi.get(key)
+        if isinstance(heads, (list, tuple)):
+            options[f"model.roi_head.{key}"] = [
+                dict(h, **_roi_part_overrides(h, in_channels, channels, num_classes))
+                for h in heads]
+        elif heads is not None:
+            for name, value in _roi_part_overrides(heads, in_channels, channels,
+                                                   num_classes).items():
+                options[f"model.roi_head.{key}.{name}"] = value
+
+
+def _roi_part_overrides(head: Any, in_channels: int, channels: int, num_classes: int
+                        ) -> dict[str, Any]:
+    """One RoI box or mask head made small: reads ``in_channels`` pooled channels, its convs and
+    fcs ``channels`` wide, ``num_classes`` classes."""
+    options: dict[str, Any] = {}
+    if "in_channels" in head or head.get("type") in _ROI_HEADS_WITH_DEFAULT_WIDTH:
+        options["in_channels"] = in_channels
+    for key in ("conv_out_channels", "fc_out_channels"):
+        if key in head:
+            options[key] = channels
+    if "num_classes" in head:
+        options["num_classes"] = num_classes
+    return options
+
+
+# RoI heads whose configs may leave in_channels at its default of 256
+_ROI_HEADS_WITH_DEFAULT_WIDTH = ("FCNMaskHead", "Shared2FCBBoxHead", "Shared4Conv1FCBBoxHead",
+                                 "ConvFCBBoxHead", "BBoxHead")
 
 
 def _teacher_overrides(model: Any, channels: int, num_classes: int, tiny_input: bool,

@@ -328,6 +328,75 @@ def run_rpn_detector(module):
 PISA_TRAIN_CFG = dict(isr=dict(k=2.0, bias=0.0), carl=dict(k=1.0, bias=0.2))
 
 
+# ---- Faster R-CNN ------------------------------------------------------------------------
+
+ROI_EXTRACTOR = dict(roi_layer=dict(type="RoIAlign", output_size=4, sampling_ratio=0),
+                     out_channels=8, featmap_strides=[8, 16])
+BBOX_HEAD = dict(in_channels=8, fc_out_channels=8, roi_feat_size=4, num_classes=2)
+ROI_HEAD = dict(type="StandardRoIHead",
+                bbox_roi_extractor=dict(ROI_EXTRACTOR, type="SingleRoIExtractor"),
+                bbox_head=dict(BBOX_HEAD, type="Shared2FCBBoxHead"))
+RCNN_TRAIN_CFG = dict(assigner=dict(type="MaxIoUAssigner", pos_iou_thr=0.5, neg_iou_thr=0.5,
+                                    min_pos_iou=0.5, match_low_quality=False, ignore_iof_thr=-1),
+                      sampler=dict(type="RandomSampler", num=16, pos_fraction=0.25,
+                                   neg_pos_ub=-1, add_gt_as_proposals=True),
+                      pos_weight=-1, debug=False)
+RCNN_TEST_CFG = dict(score_thr=0.05, nms=dict(type="nms", iou_threshold=0.5), max_per_img=10)
+
+
+def run_roi_extractor(module):
+    feats = [torch.randn(2, 8, 4, 4, requires_grad=True), torch.randn(2, 8, 2, 2)]
+    rois = torch.cat([torch.tensor([[0.0], [1.0], [1.0]]), _boxes(3)], dim=1)
+    out = module(feats, rois)
+    assert out.shape == (3, 8, 4, 4)
+    out.sum().backward()
+    assert feats[0].grad.abs().sum() > 0
+
+
+def run_bbox_head(module):
+    cls_score, bbox_pred = module(torch.randn(5, 8, 4, 4))
+    labels = torch.tensor([0, 1, 2, 2, 1])  # 2: background
+    weights = torch.ones(5, 4) * (labels < 2)[:, None]
+    rois = torch.cat([torch.zeros(5, 1), _boxes(5)], dim=1)
+    losses = module.loss(cls_score, bbox_pred, rois, labels, torch.ones(5), torch.randn(5, 4),
+                         weights)
+    assert losses["loss_bbox"] > 0
+    sum(v for k, v in losses.items() if k.startswith("loss")).backward()
+    dets, det_labels = module.get_bboxes(rois, cls_score.detach(), bbox_pred.detach(),
+                                         dict(img_shape=(32, 32, 3)), cfg=RCNN_TEST_CFG)
+    assert dets.shape[1] == 5 and len(dets) == len(det_labels)
+
+
+def run_roi_head(module):
+    feats = [torch.randn(2, 8, 4, 4), torch.randn(2, 8, 2, 2)]
+    batch = _batch()
+    proposals = [torch.cat([_boxes(10), torch.rand(10, 1)], dim=1) for _ in range(2)]
+    losses = module.loss(feats, proposals, batch.targets, batch.metas)
+    assert losses["loss_bbox"] > 0
+    sum(v for k, v in losses.items() if k.startswith("loss")).backward()
+    assert len(module.eval().predict(feats, proposals, batch.metas)) == 2
+
+
+def run_detector_with_proposals(module):
+    batch = _batch()
+    for target in batch.targets:
+        target["proposals"] = torch.cat([_boxes(10), torch.rand(10, 1)], dim=1)
+    losses = module.loss(batch)
+    assert losses["loss_bbox"] > 0
+    sum(v for k, v in losses.items() if k.startswith("loss")).backward()
+    assert len(module.eval().predict(batch)) == 2
+
+
+def run_two_stage_detector(module):
+    batch = _batch()
+    losses = module.loss(batch)
+    assert {"loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "loss_bbox", "acc"} <= set(losses)
+    assert losses["loss_bbox"] > 0 and losses["loss_rpn_bbox"] > 0
+    sum(v for k, v in losses.items() if k.startswith("loss")).backward()
+    assert len(module.eval().predict(batch)) == 2
+
+
+
 COMPONENTS = {
     "ResNet": (dict(depth=18, frozen_stages=-1), run_resnet),
     "FPN": (dict(in_channels=[4, 8], out_channels=8, num_outs=4, add_extra_convs="on_input"),
@@ -703,6 +772,30 @@ COMPONENTS = {
                          train_cfg=dict(TRAIN_CFG, neg_pos_ratio=3, smoothl1_beta=1.0,
                                         **PISA_TRAIN_CFG),
                          test_cfg=TEST_CFG), run_head),
+    # Faster R-CNN: RoI extractor, box heads, StandardRoIHead, two-stage detectors
+    "SingleRoIExtractor": (ROI_EXTRACTOR, lambda module: run_roi_extractor(module)),
+    "BBoxHead": (dict(in_channels=8, roi_feat_size=4, num_classes=2, with_avg_pool=True),
+                 lambda module: run_bbox_head(module)),
+    "ConvFCBBoxHead": (dict(BBOX_HEAD, num_shared_convs=1, num_cls_fcs=1, num_reg_convs=1,
+                            num_reg_fcs=1, conv_out_channels=8),
+                       lambda module: run_bbox_head(module)),
+    "Shared2FCBBoxHead": (BBOX_HEAD, lambda module: run_bbox_head(module)),
+    "Shared4Conv1FCBBoxHead": (dict(BBOX_HEAD, conv_out_channels=8,
+                                    norm_cfg=dict(type="GN", num_groups=4)),
+                               lambda module: run_bbox_head(module)),
+    "StandardRoIHead": (dict({k: v for k, v in ROI_HEAD.items() if k != "type"},
+                             train_cfg=RCNN_TRAIN_CFG, test_cfg=RCNN_TEST_CFG),
+                        lambda module: run_roi_head(module)),
+    "TwoStageDetector": (dict(backbone=DETECTOR["backbone"], neck=DETECTOR["neck"],
+                              roi_head=ROI_HEAD, train_cfg=dict(rcnn=RCNN_TRAIN_CFG),
+                              test_cfg=dict(rcnn=RCNN_TEST_CFG)),
+                         lambda module: run_detector_with_proposals(module)),
+    "FasterRCNN": (dict(backbone=DETECTOR["backbone"], neck=DETECTOR["neck"],
+                        rpn_head=dict(RPN_HEAD, type="RPNHead"), roi_head=ROI_HEAD,
+                        train_cfg=dict(rpn=RPN_TRAIN_CFG, rpn_proposal=RPN_TEST_CFG,
+                                       rcnn=RCNN_TRAIN_CFG),
+                        test_cfg=dict(rpn=RPN_TEST_CFG, rcnn=RCNN_TEST_CFG)),
+                   lambda module: run_two_stage_detector(module)),
 }
 
 

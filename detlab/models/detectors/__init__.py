@@ -78,3 +78,7 @@ __all__ += ["LAD"]
 from detlab.models.detectors.rpn import RPN  # noqa: E402
 
 __all__ += ["RPN"]
+
+from detlab.models.detectors.two_stage import FasterRCNN, TwoStageDetector  # noqa: E402
+
+__all__ += ["FasterRCNN", "TwoStageDetector"]

@@ -1,0 +1,29 @@
+"""RoI heads: the second stage of two-stage detectors (Faster / Mask R-CNN ...).
+
+- :class:`BaseRoIHead` -- the contract: ``loss(feats, proposals, targets, metas) -> dict``
+  and ``predict(feats, proposals, metas, rescale) -> list[DetResult]``, where ``proposals``
+  holds one ``(N, 4)`` or ``(N, 5)`` (with scores) xyxy tensor per image, in input pixels.
+- :class:`StandardRoIHead` -- assignment and sampling of the proposals (``train_cfg.rcnn``),
+  a RoI extractor and a box head (plus, optionally, a mask branch), MMDetection's overridable
+  pieces (``_bbox_forward`` ...) kept.
+- RoI extractors (:mod:`~detlab.models.roi_heads.roi_extractors`): ``SingleRoIExtractor``
+  (RoIAlign / RoIPool from ``torchvision.ops``, FPN level mapping by ``finest_scale``).
+- Box heads (:mod:`~detlab.models.roi_heads.bbox_heads`): ``BBoxHead``, ``ConvFCBBoxHead``,
+  ``Shared2FCBBoxHead``, ``Shared4Conv1FCBBoxHead``.
+"""
+
+from detlab.models.roi_heads.base_roi_head import BaseRoIHead
+from detlab.models.roi_heads.bbox_heads import (
+    BBoxHead,
+    ConvFCBBoxHead,
+    Shared2FCBBoxHead,
+    Shared4Conv1FCBBoxHead,
+)
+from detlab.models.roi_heads.roi_extractors import SingleRoIExtractor, boxes_to_rois
+from detlab.models.roi_heads.standard_roi_head import StandardRoIHead, mask_heads_available
+
+__all__ = ["BBoxHead", "BaseRoIHead", "ConvFCBBoxHead", "Shared2FCBBoxHead",
+           "Shared4Conv1FCBBoxHead", "SingleRoIExtractor", "StandardRoIHead", "boxes_to_rois"]
+
+if mask_heads_available():  # the mask branch's heads register themselves on import
+    from detlab.models.roi_heads import mask_heads  # noqa: F401

@@ -1,0 +1,10 @@
+"""R-CNN box heads: per-RoI class scores and box deltas, their targets, loss and detections."""
+
+from detlab.models.roi_heads.bbox_heads.bbox_head import BBoxHead
+from detlab.models.roi_heads.bbox_heads.convfc_bbox_head import (
+    ConvFCBBoxHead,
+    Shared2FCBBoxHead,
+    Shared4Conv1FCBBoxHead,
+)
+
+__all__ = ["BBoxHead", "ConvFCBBoxHead", "Shared2FCBBoxHead", "Shared4Conv1FCBBoxHead"]
