@@ -105,28 +105,41 @@ def _gather(results: list[DetResult], size: int) -> list[DetResult]:
     return ordered[:size]
 
 
-def save_results(results: Sequence[DetResult], path: str, num_classes: int) -> str:
-    """Write results as MMDetection 2.x's ``results.pkl``: per image, per class ``(n, 5)``."""
+def save_results(results: Sequence[DetResult], path: str, num_classes: int,
+                 proposals: bool = False) -> str:
+    """Write results as MMDetection 2.x's ``results.pkl``: per image, per class ``(n, 5)``;
+    with ``proposals`` (an RPN's results), per image one ``(n, 5)`` array of boxes and scores,
+    the proposal file a Fast R-CNN reads (``proposal_file``)."""
     if not path.endswith((".pkl", ".pickle")):
         raise ValueError(f"--out must be a .pkl file, got {path}")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
+    rows = [np.concatenate([r.boxes.detach().cpu().numpy(),
+                            r.scores.detach().cpu().numpy()[:, None]], axis=1)
+            .astype(np.float32) if proposals else r.to_mmdet(num_classes) for r in results]
     with open(tmp, "wb") as f:
-        pickle.dump([r.to_mmdet(num_classes) for r in results], f)
+        pickle.dump(rows, f)
     os.replace(tmp, path)
     return path
 
 
 def load_results(path: str, class_names: Sequence[str] | None = None,
                  trust_pickle: bool = False) -> list[DetResult]:
-    """Read a ``results.pkl`` (MMDetection 2.x's per-class arrays) back into DetResults.
+    """Read a ``results.pkl`` (MMDetection 2.x's per-class arrays, or an RPN's one ``(n, 5)``
+    array per image, read as detections of class 0) back into DetResults.
 
     The pickle is read with :func:`detlab.safe_pickle.load`: lists and numpy arrays only, so a
     crafted file cannot run code; ``trust_pickle=True`` reads any pickle (a trusted file)."""
     raw = safe_pickle.load(path, trust=trust_pickle)
+    if isinstance(raw, list) and raw and all(isinstance(a, np.ndarray) and a.ndim == 2
+                                             and a.shape[1] == 5 for a in raw):
+        return [DetResult(torch.from_numpy(a[:, :4].astype(np.float32)),
+                          torch.from_numpy(a[:, 4].astype(np.float32)),
+                          torch.zeros(len(a), dtype=torch.long), class_names=class_names)
+                for a in raw]
     if not isinstance(raw, list) or (raw and not isinstance(raw[0], (list, tuple))):
         raise ValueError(f"{path} does not hold MMDetection-style results (a list, per image, of "
-                         f"per-class (n, 5) arrays)")
+                         f"per-class (n, 5) arrays, or of one (n, 5) array of proposals)")
     return [DetResult.from_mmdet([np.asarray(a) for a in per_class], class_names)
             for per_class in raw]
 
@@ -220,7 +233,8 @@ def test(cfg: str | Config | Mapping, checkpoint: str | None, eval: Sequence[str
     output: dict[str, Any] = {}
     if get_dist_info()[0] == 0:
         if out:
-            save_results(results, out, len(model.CLASSES))
+            save_results(results, out, len(model.CLASSES),
+                         proposals=getattr(model, "returns_proposals", False))
         output.update(_evaluate_or_format(dataset, results, options, eval_options,
                                           format_only))
     output["results"] = results

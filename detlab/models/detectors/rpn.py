@@ -49,6 +49,10 @@ class RPN(SingleStageDetector):
     original-image pixels, objectness scores, best first).
     """
 
+    # the tester saves its results as proposal files (one (n, 5) array per image), which a
+    # Fast R-CNN reads as its proposal_file
+    returns_proposals = True
+
     def __init__(self, backbone: Mapping | nn.Module, neck: Mapping | nn.Module | None = None,
                  rpn_head: Mapping | nn.Module | None = None, train_cfg: Mapping | None = None,
                  test_cfg: Mapping | None = None, pretrained: str | None = None,
