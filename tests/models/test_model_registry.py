@@ -583,6 +583,15 @@ COMPONENTS = {
                                            min_sizes=[8, 16], max_sizes=[16, 32]),
                      train_cfg=dict(TRAIN_CFG, neg_pos_ratio=3, smoothl1_beta=1.0),
                      test_cfg=TEST_CFG), run_head),
+    # Ascend (NPU) variants: RetinaHead, SSDHead and MaxIoUAssigner under MMDetection's names
+    "AscendRetinaHead": ({k: v for k, v in HEAD.items() if k != "type"}, run_head),
+    "AscendSSDHead": (dict(num_classes=2, in_channels=(8, 8),
+                           anchor_generator=dict(type="SSDAnchorGenerator", scale_major=False,
+                                                 strides=[8, 16], ratios=[[2], [2]],
+                                                 min_sizes=[8, 16], max_sizes=[16, 32]),
+                           train_cfg=dict(TRAIN_CFG, neg_pos_ratio=3, smoothl1_beta=1.0),
+                           test_cfg=TEST_CFG), run_head),
+    "AscendMaxIoUAssigner": (dict(pos_iou_thr=0.5, neg_iou_thr=0.4), run_assigner),
     # VFNet
     "VFNetHead": (dict(num_classes=2, in_channels=8, feat_channels=8, stacked_convs=1,
                        strides=[8, 16], regress_ranges=[(-1, 16), (16, 1e8)],

@@ -13,7 +13,7 @@ from detlab.models.assigners.atss_assigner import ATSSAssigner
 from detlab.models.assigners.center_region_assigner import CenterRegionAssigner
 from detlab.models.assigners.grid_assigner import GridAssigner
 from detlab.models.assigners.iou import BboxOverlaps2D, bbox_overlaps
-from detlab.models.assigners.max_iou_assigner import MaxIoUAssigner
+from detlab.models.assigners.max_iou_assigner import AscendMaxIoUAssigner, MaxIoUAssigner
 from detlab.models.assigners.point_assigner import PointAssigner
 from detlab.models.assigners.pseudo_sampler import PseudoSampler
 from detlab.models.assigners.random_sampler import RandomSampler
@@ -22,7 +22,8 @@ from detlab.models.assigners.sim_ota_assigner import SimOTAAssigner
 from detlab.models.assigners.task_aligned_assigner import TaskAlignedAssigner
 from detlab.models.assigners.uniform_assigner import UniformAssigner
 
-__all__ = ["ATSSAssigner", "ApproxMaxIoUAssigner", "AssignResult", "BboxOverlaps2D",
+__all__ = ["ATSSAssigner", "ApproxMaxIoUAssigner", "AscendMaxIoUAssigner", "AssignResult",
+           "BboxOverlaps2D",
            "CenterRegionAssigner", "GridAssigner", "MaxIoUAssigner", "PointAssigner",
            "PseudoSampler", "RandomSampler", "SamplingResult", "SimOTAAssigner",
            "TaskAlignedAssigner", "UniformAssigner", "bbox_overlaps"]

@@ -126,3 +126,9 @@ class MaxIoUAssigner:
         return (f"MaxIoUAssigner(pos_iou_thr={self.pos_iou_thr}, neg_iou_thr={self.neg_iou_thr}, "
                 f"min_pos_iou={self.min_pos_iou}, ignore_iof_thr={self.ignore_iof_thr}, "
                 f"match_low_quality={self.match_low_quality})")
+
+
+@MODELS.register_module()
+class AscendMaxIoUAssigner(MaxIoUAssigner):
+    """MaxIoUAssigner under the name of MMDetection's batched Ascend (NPU) version, which
+    assigns the same priors (arguments as MaxIoUAssigner)."""

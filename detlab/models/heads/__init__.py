@@ -181,3 +181,7 @@ from detlab.models.heads.pisa_retinanet_head import PISARetinaHead  # noqa: E402
 from detlab.models.heads.pisa_ssd_head import PISASSDHead  # noqa: E402
 
 __all__ += ["PISARetinaHead", "PISASSDHead"]
+
+from detlab.models.heads.ascend_heads import AscendRetinaHead, AscendSSDHead  # noqa: E402
+
+__all__ += ["AscendRetinaHead", "AscendSSDHead"]
