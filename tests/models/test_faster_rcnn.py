@@ -267,3 +267,15 @@ def test_configuration_errors():
     with pytest.raises(ConfigError, match="test_cfg.rcnn"):
         roi_head.eval().predict(_feats(), _proposals(_targets()), _metas())
     assert isinstance(roi_head.bbox_head.shared_fcs, nn.ModuleList)
+
+
+def test_gn_resnet_state_dict_has_mmdetections_norm_names():
+    """ResNet with GN keeps torchvision's attributes (bn1 ...) but saves and loads under
+    MMDetection's names (gn1 ...), so the GN zoo configs' checkpoints load strictly."""
+    backbone = MODELS.build(dict(type="ResNet", depth=18, norm_cfg=dict(type="GN", num_groups=8)))
+    keys = list(backbone.state_dict())
+    assert keys[:3] == ["conv1.weight", "gn1.weight", "gn1.bias"]
+    assert "layer1.0.gn2.weight" in keys and not any(".bn" in k for k in keys)
+    again = MODELS.build(dict(type="ResNet", depth=18, norm_cfg=dict(type="GN", num_groups=8)))
+    again.load_state_dict(backbone.state_dict(), strict=True)
+    torch.testing.assert_close(again.bn1.weight, backbone.bn1.weight)

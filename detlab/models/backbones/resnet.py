@@ -2,11 +2,14 @@
 
 Parameter names are torchvision's (``conv1``, ``bn1``, ``layer1.0.conv1`` ...; no ``fc``), so
 ``torchvision://resnet50`` weights and MMDetection checkpoints (``backbone.*``) load by name.
-Norm layers follow ``norm_cfg`` but keep torchvision's attribute names (``bn1`` even for GN).
+Norm layers follow ``norm_cfg`` but keep torchvision's attribute names (``bn1`` even for GN);
+the state_dict names them as MMDetection does (``gn1``, ``layer1.0.gn2`` ... with GN), so that
+MMDetection's GN checkpoints load strictly.
 """
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Mapping, Sequence
 from functools import partial
@@ -41,6 +44,15 @@ BN = frozen(type="BN", requires_grad=True)
 
 def _norm(norm_cfg: Mapping, num_features: int) -> nn.Module:
     return build_norm_layer(norm_cfg, num_features)[1]
+
+
+def rename_norm_keys(state_dict: dict, prefix: str, old: str, new: str) -> None:
+    """Rename, in place and in order, the norm layers ``<old><i>`` (``bn1``, ``bn2``, ``bn3``)
+    of the keys under ``prefix`` to ``<new><i>``."""
+    pattern = re.compile(rf"(^|\.){old}(\d)\.")
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        value = state_dict.pop(key)
+        state_dict[prefix + pattern.sub(rf"\g<1>{new}\g<2>.", key[len(prefix):])] = value
 
 
 def make_block(block: type[nn.Module], inplanes: int, planes: int, stride: int, dilation: int,
@@ -185,6 +197,10 @@ class ResNet(FrozenStagesMixin, nn.Module):
             inplanes = planes * block.expansion
             self.stage_channels.append(inplanes)
         self.out_channels = [self.stage_channels[i] for i in self.out_indices]
+        self._norm_prefix = build_norm_layer(norm_cfg, 64)[0]
+        if self._norm_prefix != "bn":  # MMDetection's names (gn1 ...) in the state_dict
+            self._register_state_dict_hook(self._state_dict_norm_names)
+            self._register_load_state_dict_pre_hook(self._load_norm_names)
         self._default_init()
         self._freeze_stages()
 
@@ -237,6 +253,13 @@ class ResNet(FrozenStagesMixin, nn.Module):
             if is_pretrained(self.init_cfg):
                 self._default_init()  # keys missing from the checkpoint keep a sane init
             initialize(self, self.init_cfg)
+
+    def _state_dict_norm_names(self, module: nn.Module, state_dict: dict, prefix: str,
+                               local_metadata: dict) -> None:
+        rename_norm_keys(state_dict, prefix, "bn", self._norm_prefix)
+
+    def _load_norm_names(self, state_dict: dict, prefix: str, *args: object) -> None:
+        rename_norm_keys(state_dict, prefix, self._norm_prefix, "bn")
 
     @property
     def norm1(self) -> nn.Module:
