@@ -177,3 +177,14 @@ def test_stride_table_shows_each_map_with_the_head_stride_and_the_real_one():
     assert table["head_stride"].isna().tolist() == [False, False, False, True, True]
     assert table["real_stride"].tolist()[:4] == [16, 32, 32, 64]
     assert table["agree"].tolist() == [False, False, True, False, False]
+
+
+def test_the_warning_names_each_heads_stride_key():
+    from detlab.models.detectors.single_stage import _stride_key
+    from detlab.models.heads import RepPointsHead, RetinaHead, YOLOXHead
+
+    keys = {cls.__name__: _stride_key(cls.__new__(cls))
+            for cls in (YOLOXHead, RetinaHead, RepPointsHead)}
+    assert keys == {"YOLOXHead": "model.bbox_head.strides",
+                    "RetinaHead": "model.bbox_head.anchor_generator.strides",
+                    "RepPointsHead": "model.bbox_head.point_strides"}

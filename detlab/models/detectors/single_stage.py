@@ -168,10 +168,13 @@ def _outside_stacklevel() -> int:
 
 
 def _stride_key(head: nn.Module) -> str:
-    """The config key of a head's strides (``strides`` or ``anchor_generator.strides``)."""
+    """The config key of a head's strides (``strides``, ``point_strides`` or
+    ``anchor_generator.strides``)."""
     params = inspect.signature(type(head).__init__).parameters
     if "strides" in params:
         return "model.bbox_head.strides"
+    if "point_strides" in params:  # RepPoints
+        return "model.bbox_head.point_strides"
     if "anchor_generator" in params:
         return "model.bbox_head.anchor_generator.strides"
     return "model.bbox_head's prior strides"
