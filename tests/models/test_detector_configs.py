@@ -115,19 +115,31 @@ def build(cfg: Config) -> torch.nn.Module:
     return detlab.build_model(cfg)
 
 
+def with_masks(dataset_cfg: Config) -> Config:
+    """A dataset config whose pipeline also loads and collects the instance masks (the
+    shapes' outline polygons), for the detectors with a mask branch."""
+    for step in dataset_cfg.pipeline:
+        if step["type"] == "LoadAnnotations":
+            step["with_mask"] = True
+        elif step["type"] == "Collect" and "gt_masks" not in step["keys"]:
+            step["keys"] = [*step["keys"], "gt_masks"]
+    return dataset_cfg
+
+
 @pytest.fixture(scope="module")
 def batches(shapes_root) -> list[Batch]:
-    """Three batches of two 64-pixel shapes images (the quickstart training pipeline)."""
+    """Three batches of two 64-pixel shapes images (the quickstart training pipeline, with
+    the masks)."""
     from detlab.data.loader import collate
 
-    dataset = detlab.build_dataset(tiny_config(shapes_root).data.train)
+    dataset = detlab.build_dataset(with_masks(tiny_config(shapes_root).data.train))
     return [collate([dataset[2 * i], dataset[2 * i + 1]]) for i in range(3)]
 
 
 def without_boxes(batch: Batch, images: tuple[int, ...]) -> Batch:
-    """``batch`` with no ground truth in the given images."""
-    targets = [dict(t, boxes=t["boxes"][:0], labels=t["labels"][:0]) if i in images else t
-               for i, t in enumerate(batch.targets)]
+    """``batch`` with no ground truth (boxes, labels, masks) in the given images."""
+    targets = [{k: v[:0] if k in ("boxes", "labels", "masks") else v for k, v in t.items()}
+               if i in images else t for i, t in enumerate(batch.targets)]
     return Batch(batch.images, targets, batch.metas)
 
 
@@ -137,6 +149,10 @@ def enlarged(batch: Batch, factor: int) -> Batch:
         return batch
     images = torch.nn.functional.interpolate(batch.images, scale_factor=factor, mode="bilinear")
     targets = [dict(t, boxes=t["boxes"] * factor) for t in batch.targets]
+    for target in targets:
+        if "masks" in target:
+            target["masks"] = target["masks"].repeat_interleave(factor, 1) \
+                .repeat_interleave(factor, 2)
     metas = [dict(m, scale_factor=m["scale_factor"] * factor,
                   **{k: (m[k][0] * factor, m[k][1] * factor, *m[k][2:])
                      for k in ("img_shape", "pad_shape", "batch_input_shape") if k in m})

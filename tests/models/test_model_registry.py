@@ -330,6 +330,7 @@ PISA_TRAIN_CFG = dict(isr=dict(k=2.0, bias=0.0), carl=dict(k=1.0, bias=0.2))
 
 # ---- Faster R-CNN ------------------------------------------------------------------------
 
+MASK_HEAD = dict(num_convs=1, in_channels=8, conv_out_channels=8, num_classes=2)
 ROI_EXTRACTOR = dict(roi_layer=dict(type="RoIAlign", output_size=4, sampling_ratio=0),
                      out_channels=8, featmap_strides=[8, 16])
 BBOX_HEAD = dict(in_channels=8, fc_out_channels=8, roi_feat_size=4, num_classes=2)
@@ -805,6 +806,18 @@ COMPONENTS = {
                                        rcnn=RCNN_TRAIN_CFG),
                         test_cfg=dict(rpn=RPN_TEST_CFG, rcnn=RCNN_TEST_CFG)),
                    lambda module: run_two_stage_detector(module)),
+    # Mask R-CNN: FCNMaskHead, MaskRCNN (RoI features 4 x 4 -> masks 8 x 8)
+    "FCNMaskHead": (MASK_HEAD, lambda module: run_mask_head(module)),
+    "MaskRCNN": (dict(backbone=DETECTOR["backbone"], neck=DETECTOR["neck"],
+                      rpn_head=dict(RPN_HEAD, type="RPNHead"),
+                      roi_head=dict(ROI_HEAD, mask_roi_extractor=dict(
+                          ROI_EXTRACTOR, type="SingleRoIExtractor"),
+                          mask_head=dict(MASK_HEAD, type="FCNMaskHead")),
+                      train_cfg=dict(rpn=RPN_TRAIN_CFG, rpn_proposal=RPN_TEST_CFG,
+                                     rcnn=dict(RCNN_TRAIN_CFG, mask_size=8)),
+                      test_cfg=dict(rpn=RPN_TEST_CFG,
+                                    rcnn=dict(RCNN_TEST_CFG, mask_thr_binary=0.5))),
+                 lambda module: run_mask_rcnn(module)),
 }
 
 
@@ -975,3 +988,38 @@ def run_ga_head(module):
     assert all(v > 0 for v in losses.values())
     sum(losses.values()).backward()
     assert len(module.predict(raw, batch.metas)) == 2
+
+
+def _with_masks(batch):
+    """``batch`` with a mask per box: the box's left half."""
+    for target in batch.targets:
+        masks = torch.zeros(len(target["boxes"]), *batch.images.shape[-2:], dtype=torch.bool)
+        for mask, (x1, y1, x2, y2) in zip(masks, target["boxes"].int().tolist(), strict=True):
+            mask[y1:y2, x1:(x1 + x2) // 2 + 1] = True
+        target["masks"] = masks
+    return batch
+
+
+def run_mask_head(module):
+    """FCNMaskHead: 8 x 8 logits of 4 x 4 RoI features, the loss, masks pasted into the
+    image."""
+    pred = module(torch.randn(3, 8, 4, 4))
+    assert pred.shape == (3, 2, 8, 8)
+    labels = torch.tensor([0, 1, 1])
+    losses = module.loss(pred, (torch.rand(3, 8, 8) > 0.5).float(), labels)
+    assert losses["loss_mask"] > 0
+    losses["loss_mask"].backward()
+    masks = module.predict_masks(pred.detach(), _boxes(3), labels, dict(mask_thr_binary=0.5),
+                                 (32, 32), np.ones(4, np.float32), rescale=True)
+    assert masks.shape == (3, 32, 32) and masks.dtype == torch.bool
+
+
+def run_mask_rcnn(module):
+    """Mask R-CNN: the RPN, box and mask losses; detections with masks of the image's size."""
+    batch = _with_masks(_batch())
+    losses = module.loss(batch)
+    assert losses["loss_mask"] > 0 and losses["loss_bbox"] > 0
+    sum(v for k, v in losses.items() if k.startswith("loss")).backward()
+    results = module.eval().predict(batch)
+    assert len(results) == 2
+    assert all(r.masks is not None and r.masks.shape == (len(r), 32, 32) for r in results)

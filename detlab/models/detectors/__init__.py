@@ -82,3 +82,7 @@ __all__ += ["RPN"]
 from detlab.models.detectors.two_stage import FasterRCNN, TwoStageDetector  # noqa: E402
 
 __all__ += ["FasterRCNN", "TwoStageDetector"]
+
+from detlab.models.detectors.mask_rcnn import MaskRCNN  # noqa: E402
+
+__all__ += ["MaskRCNN"]

@@ -9,10 +9,12 @@ returning ``dict(cls_score, bbox_pred, bbox_feats)`` (Double-Head R-CNN), ``_bbo
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -26,6 +28,23 @@ from detlab.registry import MODELS
 from detlab.structures import DetResult
 
 MASK_HEADS = "detlab.models.roi_heads.mask_heads"
+
+
+def _scale_factor(meta: Mapping, device: torch.device) -> torch.Tensor:
+    """The image's ``(4,)`` float32 (w, h, w, h) factors from the original image to the input
+    (a single float is used for both sides)."""
+    scale = torch.as_tensor(np.asarray(meta.get("scale_factor", 1.0), dtype=np.float32),
+                            device=device).reshape(-1)
+    return scale.expand(4) if scale.numel() == 1 else scale
+
+
+def _paste_size(meta: Mapping, scale: torch.Tensor, rescale: bool) -> tuple[int, int]:
+    """``(h, w)`` of the masks of an image: the original image's with ``rescale``, else its
+    size times the scale factor, rounded (MMDetection's ``get_seg_masks``)."""
+    h, w = meta["ori_shape"][:2]
+    if rescale:
+        return int(h), int(w)
+    return int(np.round(h * scale[1].item())), int(np.round(w * scale[0].item()))
 
 
 def mask_heads_available() -> bool:
@@ -196,10 +215,29 @@ class StandardRoIHead(BaseRoIHead):
     def predict_masks(self, x: Sequence[torch.Tensor], metas: Sequence[Mapping],
                       det_bboxes: Sequence[torch.Tensor], det_labels: Sequence[torch.Tensor],
                       results: list[DetResult], rescale: bool = True) -> list[DetResult]:
-        """The mask branch at test time: masks of each image's detections into its
-        DetResult's ``masks``."""
-        raise NotImplementedError("mask prediction comes with detlab's mask heads "
-                                  f"({MASK_HEADS})")
+        """The mask branch at test time (MMDetection's ``simple_test_mask``): the mask head on
+        each image's detections (boxes brought back to input pixels when ``rescale`` put them
+        in the original image's), pasted by ``mask_head.predict_masks`` into the original
+        image (``rescale``) or the input's size, into each DetResult's ``masks``."""
+        scale_factors = [_scale_factor(meta, d.device) for meta, d in zip(metas, det_bboxes,
+                                                                          strict=True)]
+        boxes = [d[:, :4] * s if rescale else d[:, :4]
+                 for d, s in zip(det_bboxes, scale_factors, strict=True)]
+        mask_preds: Sequence[torch.Tensor | None] = [None] * len(boxes)
+        if any(len(b) for b in boxes):
+            mask_pred = self._mask_forward(x, boxes_to_rois(boxes))["mask_pred"]
+            mask_preds = mask_pred.split([len(b) for b in boxes], 0)
+        out = []
+        for result, pred, image_boxes, labels, scale, meta in zip(
+                results, mask_preds, boxes, det_labels, scale_factors, metas, strict=True):
+            if len(image_boxes) == 0:
+                masks = torch.zeros((0, *_paste_size(meta, scale, rescale)), dtype=torch.bool,
+                                    device=image_boxes.device)
+            else:
+                masks = self.mask_head.predict_masks(pred, image_boxes, labels, self.test_cfg,
+                                                     meta["ori_shape"][:2], scale, rescale)
+            out.append(dataclasses.replace(result, masks=masks))
+        return out
 
     # ---- testing -----------------------------------------------------------------------------
 

@@ -1,0 +1,34 @@
+"""Mask R-CNN (He et al., 2017): Faster R-CNN with a mask branch in its RoI head.
+
+Nothing differs from :class:`~detlab.models.detectors.two_stage.TwoStageDetector` but the
+config: ``roi_head`` (a ``StandardRoIHead``) gets ``mask_roi_extractor`` (RoIAlign to 14 x 14)
+and ``mask_head`` (``FCNMaskHead``, 28 x 28 masks); ``train_cfg.rcnn.mask_size`` is the side of
+the mask targets and ``test_cfg.rcnn.mask_thr_binary`` the probability threshold of the pasted
+masks. The batch's targets need ``masks`` (``LoadAnnotations(with_mask=True)`` and
+``'gt_masks'`` in ``Collect``), and each ``DetResult`` it predicts has ``masks`` of the original
+image's size -- what ``evaluation = dict(metric=['bbox', 'segm'])`` scores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from torch import nn
+
+from detlab.models.detectors.two_stage import TwoStageDetector
+from detlab.registry import MODELS
+
+
+@MODELS.register_module()
+class MaskRCNN(TwoStageDetector):
+    """MMDetection's ``MaskRCNN``: a two-stage detector whose RoI head segments too. Arguments
+    as :class:`TwoStageDetector` (``rpn_head`` and ``roi_head`` required)."""
+
+    def __init__(self, backbone: Mapping | nn.Module, rpn_head: Mapping | nn.Module,
+                 roi_head: Mapping | nn.Module, train_cfg: Mapping | None,
+                 test_cfg: Mapping | None, neck: Mapping | nn.Module | None = None,
+                 pretrained: str | None = None,
+                 init_cfg: Mapping | Sequence[Mapping] | None = None) -> None:
+        super().__init__(backbone=backbone, neck=neck, rpn_head=rpn_head, roi_head=roi_head,
+                         train_cfg=train_cfg, test_cfg=test_cfg, pretrained=pretrained,
+                         init_cfg=init_cfg)

@@ -1,0 +1,10 @@
+"""Mask heads of two-stage detectors: per-RoI mask prediction, its targets and the pasting of
+predicted masks into the image."""
+
+from detlab.models.roi_heads.mask_heads.fcn_mask_head import (
+    FCNMaskHead,
+    mask_targets,
+    paste_masks,
+)
+
+__all__ = ["FCNMaskHead", "mask_targets", "paste_masks"]
