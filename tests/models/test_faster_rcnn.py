@@ -1,8 +1,9 @@
 """Faster R-CNN's second stage against MMDetection 2.28: the StandardRoIHead (RoIAlign
 extractors, aligned or not, Shared2FC / Shared4Conv1FC box heads, class-agnostic regression, an IoU
 loss on decoded boxes) with MMDetection's weights loaded strictly gives the same losses on
-the same proposals and the same detections (NMS and soft-NMS); an empty ground truth; the
-shipped config reads as MMDetection's.
+the same proposals and the same detections (NMS and soft-NMS); an empty ground truth; a
+small Faster R-CNN (ResNet-18, 16 channels) with MMDetection's weights loaded strictly gives
+its RPN and RoI losses and its detections; the shipped config reads as MMDetection's.
 
 Sampling is random: both sides draw their RoIs with ``torch.randperm`` on the CPU generator in
 the same order (image after image, positives then negatives), so seeding ``torch`` identically
@@ -279,3 +280,100 @@ def test_gn_resnet_state_dict_has_mmdetections_norm_names():
     again = MODELS.build(dict(type="ResNet", depth=18, norm_cfg=dict(type="GN", num_groups=8)))
     again.load_state_dict(backbone.state_dict(), strict=True)
     torch.testing.assert_close(again.bn1.weight, backbone.bn1.weight)
+
+
+# ---- the whole detector: MMDetection's small Faster R-CNN, its weights in detlab's -----------
+
+SMALL = {"model.backbone.depth": 18, "model.backbone.init_cfg": None,
+         "model.neck.in_channels": [64, 128, 256, 512], "model.neck.out_channels": CHANNELS,
+         "model.rpn_head.in_channels": CHANNELS, "model.rpn_head.feat_channels": CHANNELS,
+         "model.roi_head.bbox_roi_extractor.out_channels": CHANNELS,
+         "model.roi_head.bbox_head.in_channels": CHANNELS,
+         "model.roi_head.bbox_head.fc_out_channels": 32,
+         "model.roi_head.bbox_head.num_classes": NUM_CLASSES,
+         "model.train_cfg.rcnn.sampler.num": 128}
+
+
+def _randomize_detector(model: nn.Module) -> None:
+    """Varied BatchNorm statistics and affines, and wider classifier / regressor weights (so
+    that the objectness and the class scores spread instead of sitting at one value)."""
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                n = module.num_features
+                module.weight.copy_(torch.rand(n, generator=gen) * 0.5 + 0.75)
+                module.bias.copy_(torch.rand(n, generator=gen) * 0.2 - 0.1)
+                module.running_mean.copy_(torch.rand(n, generator=gen) * 0.2 - 0.1)
+                module.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+        for layer, scale in ((model.rpn_head.rpn_cls, 0.5), (model.rpn_head.rpn_reg, 0.05),
+                             (model.roi_head.bbox_head.fc_cls, 0.3),
+                             (model.roi_head.bbox_head.fc_reg, 0.05)):
+            layer.weight.copy_(torch.randn(layer.weight.shape, generator=gen) * scale)
+
+
+@pytest.fixture(scope="module")
+def faster_pair():
+    """(MMDetection's small Faster R-CNN, detlab's with its weights loaded strictly)."""
+    import_mmdet()
+    from mmdet.models import build_detector
+
+    from detlab.models import build_model
+
+    mm_cfg = load_mmdet_config(FASTER)
+    mm_cfg.merge_from_dict(SMALL)
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = build_detector(mm_cfg.model)
+    _randomize_detector(reference)
+    cfg = Config.fromfile(REPO / "configs" / FASTER)
+    cfg.merge_from_dict(SMALL)
+    ours = build_model(cfg.model)
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    return reference.eval(), ours.eval()
+
+
+def _images(seed):
+    return torch.randn(2, 3, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("empty", [False, True], ids=["boxes", "empty"])
+def test_faster_rcnn_losses_match_mmdetection(faster_pair, empty):
+    """RPN and RoI losses of one batch, both sides seeded alike before sampling."""
+    from detlab.structures import Batch
+
+    reference, ours = faster_pair
+    images, metas, targets = _images(8), _metas(), _targets(empty=empty)
+    torch.manual_seed(21)
+    expected = reference.train().forward_train(
+        images, copy.deepcopy(metas), [t["boxes"] for t in targets],
+        [t["labels"] for t in targets])
+    torch.manual_seed(21)
+    actual = ours.train().loss(Batch(images, targets, metas))
+    reference.eval(), ours.eval()
+    expected = {k: sum(v) if isinstance(v, (list, tuple)) else v for k, v in expected.items()}
+    assert set(actual) == set(expected) == {"loss_rpn_cls", "loss_rpn_bbox", "loss_cls",
+                                            "loss_bbox", "acc"}
+    for key in expected:
+        torch.testing.assert_close(actual[key].reshape(-1), expected[key].reshape(-1),
+                                   rtol=1e-5, atol=1e-6, msg=lambda m, key=key: f"{key}: {m}")
+    if empty:
+        assert actual["loss_rpn_bbox"] == 0 and actual["loss_bbox"] == 0
+    else:
+        assert all(actual[k] > 0 for k in ("loss_rpn_cls", "loss_rpn_bbox", "loss_cls",
+                                           "loss_bbox"))
+
+
+def test_faster_rcnn_detections_match_mmdetection(faster_pair):
+    from detlab.structures import Batch
+
+    reference, ours = faster_pair
+    images, metas = _images(9), _metas()
+    with torch.no_grad():
+        expected = reference.simple_test(images, copy.deepcopy(metas), rescale=True)
+        actual = ours.predict(Batch(images, _targets(), metas), rescale=True)
+    assert all(sum(len(c) for c in image) > 20 for image in expected)
+    for ours_image, reference_image in zip(actual, expected, strict=True):
+        for a, e in zip(ours_image.to_mmdet(NUM_CLASSES), reference_image, strict=True):
+            np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-4)
