@@ -42,7 +42,8 @@ def test_detlab_config_is_mmdetections():
     assert mine.to_dict() == theirs.to_dict()
 
 
-def _roi_head_cfg(bbox_head=None, roi_layer=None, test_nms=None):
+def _roi_head_cfg(bbox_head=None, roi_layer=None, test_nms=None, extractor=None,
+                  shared_head=None):
     """The zoo config's roi_head, train_cfg.rcnn and test_cfg.rcnn, made small."""
     cfg = load_mmdet_config(FASTER).model
     head = copy.deepcopy(cfg.roi_head.to_dict() if hasattr(cfg.roi_head, "to_dict")
@@ -51,8 +52,13 @@ def _roi_head_cfg(bbox_head=None, roi_layer=None, test_nms=None):
     if roi_layer is not None:
         head["bbox_roi_extractor"]["roi_layer"] = roi_layer
     head["bbox_head"].update(in_channels=CHANNELS, fc_out_channels=32, num_classes=NUM_CLASSES)
-    if bbox_head is not None:
+    if bbox_head is not None:  # a None drops the key
         head["bbox_head"].update(bbox_head)
+        head["bbox_head"] = {k: v for k, v in head["bbox_head"].items() if v is not None}
+    if extractor is not None:
+        head["bbox_roi_extractor"].update(extractor)
+    if shared_head is not None:
+        head["shared_head"] = shared_head
     train = copy.deepcopy(dict(cfg.train_cfg.rcnn))
     train["sampler"] = dict(train["sampler"], num=64)
     test = copy.deepcopy(dict(cfg.test_cfg.rcnn))
@@ -91,9 +97,9 @@ def build_roi_pair(**options):
     return reference.eval(), ours.eval()
 
 
-def _feats(seed=2):
+def _feats(seed=2, channels=CHANNELS):
     gen = torch.Generator().manual_seed(seed)
-    return tuple(torch.randn(2, CHANNELS, -(-HEIGHT // s), -(-WIDTH // s), generator=gen)
+    return tuple(torch.randn(2, channels, -(-HEIGHT // s), -(-WIDTH // s), generator=gen)
                  for s in STRIDES)
 
 
@@ -139,8 +145,8 @@ def _proposals(targets, seed=4, num=150):
     return proposals
 
 
-def compare_roi_losses(reference, ours, empty=False):
-    feats, metas, targets = _feats(), _metas(), _targets(empty)
+def compare_roi_losses(reference, ours, empty=False, channels=CHANNELS):
+    feats, metas, targets = _feats(channels=channels), _metas(), _targets(empty)
     proposals = _proposals(targets)
     torch.manual_seed(11)
     expected = reference.train().forward_train(
@@ -156,8 +162,8 @@ def compare_roi_losses(reference, ours, empty=False):
     return actual
 
 
-def compare_roi_detections(reference, ours, rescale=True):
-    feats, metas = _feats(seed=5), _metas()
+def compare_roi_detections(reference, ours, rescale=True, channels=CHANNELS):
+    feats, metas = _feats(seed=5, channels=channels), _metas()
     proposals = _proposals(_targets(seed=6), seed=7)
     with torch.no_grad():
         expected = reference.simple_test(feats, proposals, copy.deepcopy(metas),
@@ -223,6 +229,22 @@ def test_roi_head_soft_nms_detections_match_mmdetection():
     finally:
         bbox_nms.batched_nms = original
     assert all(len(r) > 0 for r in results)
+
+
+def test_c4_shared_head_matches_mmdetection():
+    """The C4 models' second stage: one level pooled at 14 x 14, ResNet's stage (ResLayer,
+    caffe style) on every RoI, then an averaging BBoxHead (a ResNet-18 stage here)."""
+    reference, ours = build_roi_pair(
+        extractor=dict(out_channels=64, featmap_strides=[16],
+                       roi_layer=dict(type="RoIAlign", output_size=14, sampling_ratio=0)),
+        shared_head=dict(type="ResLayer", depth=18, stage=1, stride=2, dilation=1,
+                         style="caffe", norm_cfg=dict(type="BN", requires_grad=False),
+                         norm_eval=True),
+        bbox_head=dict(type="BBoxHead", with_avg_pool=True, roi_feat_size=7, in_channels=128,
+                       fc_out_channels=None))
+    assert "shared_head.layer2.0.conv1.weight" in ours.state_dict()
+    compare_roi_losses(reference, ours, channels=64)
+    compare_roi_detections(reference, ours, channels=64)
 
 
 def test_box_head_is_torchvisions_two_mlp_head():

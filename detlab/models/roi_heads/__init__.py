@@ -8,6 +8,8 @@
   pieces (``_bbox_forward`` ...) kept.
 - RoI extractors (:mod:`~detlab.models.roi_heads.roi_extractors`): ``SingleRoIExtractor``
   (RoIAlign / RoIPool from ``torchvision.ops``, FPN level mapping by ``finest_scale``).
+- Shared heads (:mod:`~detlab.models.roi_heads.shared_heads`): ``ResLayer`` (ResNet's last
+  stage on the pooled RoIs, C4 models).
 - Box heads (:mod:`~detlab.models.roi_heads.bbox_heads`): ``BBoxHead``, ``ConvFCBBoxHead``,
   ``Shared2FCBBoxHead``, ``Shared4Conv1FCBBoxHead``.
 """
@@ -20,9 +22,10 @@ from detlab.models.roi_heads.bbox_heads import (
     Shared4Conv1FCBBoxHead,
 )
 from detlab.models.roi_heads.roi_extractors import SingleRoIExtractor, boxes_to_rois
+from detlab.models.roi_heads.shared_heads import ResLayer
 from detlab.models.roi_heads.standard_roi_head import StandardRoIHead, mask_heads_available
 
-__all__ = ["BBoxHead", "BaseRoIHead", "ConvFCBBoxHead", "Shared2FCBBoxHead",
+__all__ = ["BBoxHead", "BaseRoIHead", "ConvFCBBoxHead", "ResLayer", "Shared2FCBBoxHead",
            "Shared4Conv1FCBBoxHead", "SingleRoIExtractor", "StandardRoIHead", "boxes_to_rois"]
 
 if mask_heads_available():  # the mask branch's heads register themselves on import
