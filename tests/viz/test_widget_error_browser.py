@@ -135,3 +135,24 @@ def test_controls_drive_the_methods(browser):
     assert browser.images == [] and browser.current is None
     assert "no row" in browser.summary() or browser.summary().startswith("ErrorBrowser: 0 rows")
     assert browser.render_png()
+
+
+def test_ground_truth_masks_are_tinted(tmp_path, table, dataset):
+    """With polygon annotations, the ground truth a row is about has its mask tinted in the
+    ground truth's colour (blended with the image), under the boxes; without, it has not."""
+    from detlab.viz.draw import _blend_masks
+
+    root = tmp_path / "polygons"
+    root.mkdir()
+    with_masks = CocoDataset(str(write_rectangles(root, polygons=True)), PIPELINE,
+                             img_prefix=str(root), test_mode=True)
+    browser = ErrorBrowser(table, with_masks)
+    browser.filter(error=None)
+    browser.show(1)
+    red, gt = np.array([COLORS[0]], np.uint8), STATUS_COLORS["gt"]
+    tinted = tuple(_blend_masks(red[None], np.ones((1, 1, 1), bool), [gt])[0, 0])
+    assert _has_color(browser.render_png(), tinted)
+    plain = ErrorBrowser(table, dataset)  # the same rectangles without segmentations
+    plain.filter(error=None)
+    plain.show(1)
+    assert not _has_color(plain.render_png(), tinted)

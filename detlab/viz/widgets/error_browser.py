@@ -190,6 +190,20 @@ class ImageSource:
         x, y, w, h = (float(v) for v in ann["bbox"])
         return np.array([x, y, x + w, y + h])
 
+    def gt_mask(self, ann_id: int, shape: Sequence[int]) -> np.ndarray | None:
+        """``(H, W)`` bool mask of annotation ``ann_id``'s ``segmentation`` (polygons or RLE)
+        on an image of ``shape``; None when it has none (or an RLE of another size)."""
+        ann = self.gt.get(int(ann_id))
+        if not ann or not ann.get("segmentation"):
+            return None
+        from detlab.data.masks import decode_rles, segmentation_to_rle
+
+        try:
+            rle = segmentation_to_rle(ann["segmentation"], int(shape[0]), int(shape[1]))
+        except ValueError:  # drawn on a canvas that is not the image: no mask to show
+            return None
+        return decode_rles([rle])[0].astype(bool)
+
 
 # --------------------------------------------------------------------------------------------
 # pictures
@@ -221,16 +235,33 @@ def _referenced_gt(row: Mapping[str, Any]) -> tuple[int, str]:
     return (int(row["error_gt_id"]), "gt") if row["error_gt_id"] else (0, "")
 
 
+def _tint_gt_masks(image: np.ndarray, referenced: Sequence[tuple[int, str]],
+                   source: ImageSource) -> np.ndarray:
+    """``image`` with the masks of the ``(annotation id, role)`` ground truths that have a
+    segmentation tinted in their role's colour."""
+    from detlab.viz.draw import _blend_masks
+
+    masks, colors = [], []
+    for ann_id, role in referenced:
+        mask = source.gt_mask(ann_id, image.shape) if ann_id else None
+        if mask is not None:
+            masks.append(mask)
+            colors.append(STATUS_COLORS[role])
+    return _blend_masks(image, np.stack(masks), colors) if masks else image
+
+
 def draw_rows(image: np.ndarray, rows: pd.DataFrame, source: ImageSource) -> np.ndarray:
     """``image`` (enlarged when small) with ``rows`` of one image drawn: the ground truth they
-    are about in blue (orange: missed at this IoU), then each row in the colour of its
-    ``status``, captioned."""
+    are about in blue (orange: missed at this IoU), its mask tinted when it has one, then each
+    row in the colour of its ``status``, captioned."""
     from detlab.viz.draw import draw_boxes
 
+    referenced = list(dict.fromkeys(_referenced_gt(r) for r in rows.to_dict("records")))
+    image = _tint_gt_masks(image, referenced, source)
     zoom = _zoom(image.shape)
     picture = image.repeat(zoom, axis=0).repeat(zoom, axis=1) if zoom > 1 else image
     boxes, colors, texts = [], [], []
-    for ann_id, role in dict.fromkeys(_referenced_gt(r) for r in rows.to_dict("records")):
+    for ann_id, role in referenced:
         box = source.gt_box(ann_id) if ann_id else None
         if box is not None:
             boxes.append(box)
