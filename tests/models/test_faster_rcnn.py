@@ -399,3 +399,51 @@ def test_faster_rcnn_detections_match_mmdetection(faster_pair):
     for ours_image, reference_image in zip(actual, expected, strict=True):
         for a, e in zip(ours_image.to_mmdet(NUM_CLASSES), reference_image, strict=True):
             np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_fast_rcnn_with_given_proposals_matches_mmdetection():
+    """Fast R-CNN (no RPN): the proposals come with the data; the same losses and detections
+    as MMDetection's FastRCNN with its weights."""
+    import_mmdet()
+    from mmdet.models import build_detector
+
+    from detlab.models import build_model
+    from detlab.structures import Batch
+
+    config = "fast_rcnn/fast_rcnn_r50_fpn_1x_coco.py"
+    small = {k: v for k, v in SMALL.items() if "rpn_head" not in k}
+    mm_cfg = load_mmdet_config(config)
+    mm_cfg.merge_from_dict(small)
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = build_detector(mm_cfg.model)
+    cfg = Config.fromfile(mmdet_config_dir() / config)
+    cfg.merge_from_dict(small)
+    ours = build_model(cfg.model)
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    images, metas, targets = _images(8), _metas(), _targets()
+    proposals = [p[:, :4] for p in _proposals(targets)]
+    torch.manual_seed(21)
+    expected = reference.train().forward_train(
+        images, copy.deepcopy(metas), [t["boxes"] for t in targets],
+        [t["labels"] for t in targets], proposals=[p.clone() for p in proposals])
+    torch.manual_seed(21)
+    batch = Batch(images, [dict(t, proposals=p) for t, p in zip(targets, proposals,
+                                                                 strict=True)], metas)
+    actual = ours.train().loss(batch)
+    assert set(actual) == set(expected) == {"loss_cls", "loss_bbox", "acc"}
+    for key in expected:
+        torch.testing.assert_close(actual[key].reshape(-1), expected[key].reshape(-1),
+                                   rtol=1e-5, atol=1e-6)
+    reference.eval(), ours.eval()
+    with torch.no_grad():
+        expected = reference.simple_test(images, copy.deepcopy(metas), proposals, rescale=True)
+    actual = ours.predict(Batch(images, [{}, {}], metas), proposals=proposals)
+    assert all(sum(len(c) for c in image) > 0 for image in expected)
+    for ours_image, reference_image in zip(actual, expected, strict=True):
+        for a, e in zip(ours_image.to_mmdet(NUM_CLASSES), reference_image, strict=True):
+            np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="LoadProposals"):
+        ours.predict(Batch(images, [{}, {}], metas))

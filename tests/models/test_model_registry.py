@@ -806,6 +806,9 @@ COMPONENTS = {
                                        rcnn=RCNN_TRAIN_CFG),
                         test_cfg=dict(rpn=RPN_TEST_CFG, rcnn=RCNN_TEST_CFG)),
                    lambda module: run_two_stage_detector(module)),
+    "FastRCNN": (dict(backbone=DETECTOR["backbone"], neck=DETECTOR["neck"], roi_head=ROI_HEAD,
+                      train_cfg=dict(rcnn=RCNN_TRAIN_CFG), test_cfg=dict(rcnn=RCNN_TEST_CFG)),
+                 lambda module: run_detector_with_proposals(module)),
     "ResLayer": (dict(depth=18, stage=1, style="caffe"),
                  lambda module: _backward_through(module, module(torch.randn(3, 64, 8, 8)))),
     # Mask R-CNN: FCNMaskHead, MaskRCNN (RoI features 4 x 4 -> masks 8 x 8)

@@ -79,9 +79,13 @@ from detlab.models.detectors.rpn import RPN  # noqa: E402
 
 __all__ += ["RPN"]
 
-from detlab.models.detectors.two_stage import FasterRCNN, TwoStageDetector  # noqa: E402
+from detlab.models.detectors.two_stage import (  # noqa: E402
+    FasterRCNN,
+    FastRCNN,
+    TwoStageDetector,
+)
 
-__all__ += ["FasterRCNN", "TwoStageDetector"]
+__all__ += ["FastRCNN", "FasterRCNN", "TwoStageDetector"]
 
 from detlab.models.detectors.mask_rcnn import MaskRCNN  # noqa: E402
 

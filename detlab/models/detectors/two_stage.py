@@ -157,14 +157,19 @@ class TwoStageDetector(nn.Module):
             proposals.append(found.reshape(-1, found.shape[-1]) if found.dim() != 2 else found)
         return proposals
 
-    def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def loss(self, batch: Batch, proposals: Sequence[torch.Tensor] | None = None
+             ) -> dict[str, torch.Tensor]:
         """Losses of a training batch: the RPN's (``loss_rpn_cls``, ``loss_rpn_bbox``) and the
-        RoI head's (``loss_cls``, ``loss_bbox`` ...); ``acc`` is logged, not optimized."""
+        RoI head's (``loss_cls``, ``loss_bbox`` ...); ``acc`` is logged, not optimized.
+        ``proposals`` (one ``(N, 4+)`` tensor per image, input pixels) replace the RPN's, as
+        MMDetection's ``proposals=`` does; without an RPN they default to the batch's."""
         if self.roi_head is None:
             raise ConfigError(f"{type(self).__name__} needs a roi_head (model.roi_head)")
         feats = self.extract_feat(batch.images)
         losses: dict[str, torch.Tensor] = {}
-        if self.rpn_head is not None:
+        if proposals is not None:
+            proposals = [p.to(batch.images.device) for p in proposals]
+        elif self.rpn_head is not None:
             train_cfg, test_cfg = self.train_cfg or {}, self.test_cfg or {}
             proposal_cfg = train_cfg.get("rpn_proposal", test_cfg.get("rpn"))
             rpn_losses, proposals = self.rpn_head.loss_and_proposals(
@@ -176,13 +181,17 @@ class TwoStageDetector(nn.Module):
         return losses
 
     @torch.no_grad()
-    def predict(self, batch: Batch, rescale: bool = True) -> list[DetResult]:
+    def predict(self, batch: Batch, rescale: bool = True,
+                proposals: Sequence[torch.Tensor] | None = None) -> list[DetResult]:
         """Detections of each image of ``batch`` (original-image pixels with ``rescale``),
-        the detector's ``CLASSES`` as class names. Call ``model.eval()`` first."""
+        the detector's ``CLASSES`` as class names. ``proposals`` replace the RPN's (without an
+        RPN they default to the batch's). Call ``model.eval()`` first."""
         if self.roi_head is None:
             raise ConfigError(f"{type(self).__name__} needs a roi_head (model.roi_head)")
         feats = self.extract_feat(batch.images)
-        if self.rpn_head is not None:
+        if proposals is not None:
+            proposals = [p.to(batch.images.device) for p in proposals]
+        elif self.rpn_head is not None:
             proposals = self.rpn_head.proposals(feats, batch.metas,
                                                 (self.test_cfg or {}).get("rpn"))
         else:
@@ -207,3 +216,18 @@ class FasterRCNN(TwoStageDetector):
         super().__init__(backbone=backbone, neck=neck, rpn_head=rpn_head, roi_head=roi_head,
                          train_cfg=train_cfg, test_cfg=test_cfg, pretrained=pretrained,
                          init_cfg=init_cfg)
+
+
+@MODELS.register_module()
+class FastRCNN(TwoStageDetector):
+    """Fast R-CNN (Girshick, 2015): a RoI head on precomputed proposals (no RPN). Each image's
+    proposals come with the batch (the pipeline's ``LoadProposals``, ``targets[i]['proposals']``
+    or ``metas[i]['proposals']``) or through ``loss`` / ``predict``'s ``proposals``. Arguments
+    as :class:`TwoStageDetector` without ``rpn_head``."""
+
+    def __init__(self, backbone: Mapping | nn.Module, roi_head: Mapping | nn.Module,
+                 train_cfg: Mapping | None, test_cfg: Mapping | None,
+                 neck: Mapping | nn.Module | None = None, pretrained: str | None = None,
+                 init_cfg: Mapping | Sequence[Mapping] | None = None) -> None:
+        super().__init__(backbone=backbone, neck=neck, roi_head=roi_head, train_cfg=train_cfg,
+                         test_cfg=test_cfg, pretrained=pretrained, init_cfg=init_cfg)
