@@ -43,7 +43,7 @@ def test_detlab_config_is_mmdetections():
 
 
 def _roi_head_cfg(bbox_head=None, roi_layer=None, test_nms=None, extractor=None,
-                  shared_head=None):
+                  shared_head=None, sampler=None):
     """The zoo config's roi_head, train_cfg.rcnn and test_cfg.rcnn, made small."""
     cfg = load_mmdet_config(FASTER).model
     head = copy.deepcopy(cfg.roi_head.to_dict() if hasattr(cfg.roi_head, "to_dict")
@@ -60,7 +60,7 @@ def _roi_head_cfg(bbox_head=None, roi_layer=None, test_nms=None, extractor=None,
     if shared_head is not None:
         head["shared_head"] = shared_head
     train = copy.deepcopy(dict(cfg.train_cfg.rcnn))
-    train["sampler"] = dict(train["sampler"], num=64)
+    train["sampler"] = dict(train["sampler"], num=64, **(sampler or {}))
     test = copy.deepcopy(dict(cfg.test_cfg.rcnn))
     if test_nms is not None:
         test["nms"] = test_nms
@@ -245,6 +245,15 @@ def test_c4_shared_head_matches_mmdetection():
     assert "shared_head.layer2.0.conv1.weight" in ours.state_dict()
     compare_roi_losses(reference, ours, channels=64)
     compare_roi_detections(reference, ours, channels=64)
+
+
+def test_ohem_sampler_matches_mmdetection():
+    """OHEM (faster_rcnn_r50_fpn_ohem): the RoIs of the largest classification loss under the
+    head's weights, the same as MMDetection's, so the same losses (no random draw involved)."""
+    reference, ours = build_roi_pair(sampler=dict(type="OHEMSampler"))
+    assert type(ours.bbox_sampler).__name__ == "OHEMSampler" and ours.bbox_sampler.context is ours
+    losses = compare_roi_losses(reference, ours)
+    assert losses["loss_bbox"] > 0
 
 
 def test_box_head_is_torchvisions_two_mlp_head():

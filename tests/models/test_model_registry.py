@@ -806,6 +806,9 @@ COMPONENTS = {
                                        rcnn=RCNN_TRAIN_CFG),
                         test_cfg=dict(rpn=RPN_TEST_CFG, rcnn=RCNN_TEST_CFG)),
                    lambda module: run_two_stage_detector(module)),
+    "OHEMSampler": (dict(num=8, pos_fraction=0.25,
+                         context=MODELS.build(dict(ROI_HEAD, train_cfg=None, test_cfg=None))),
+                    lambda obj: run_ohem_sampler(obj)),
     "FastRCNN": (dict(backbone=DETECTOR["backbone"], neck=DETECTOR["neck"], roi_head=ROI_HEAD,
                       train_cfg=dict(rcnn=RCNN_TRAIN_CFG), test_cfg=dict(rcnn=RCNN_TEST_CFG)),
                  lambda module: run_detector_with_proposals(module)),
@@ -1028,3 +1031,14 @@ def run_mask_rcnn(module):
     results = module.eval().predict(batch)
     assert len(results) == 2
     assert all(r.masks is not None and r.masks.shape == (len(r), 32, 32) for r in results)
+
+
+def run_ohem_sampler(obj):
+    from detlab.models import MaxIoUAssigner
+
+    boxes, gts = _boxes(20), _boxes(2)
+    assign = MaxIoUAssigner(pos_iou_thr=0.5, neg_iou_thr=0.4).assign(
+        boxes, gts, gt_labels=torch.tensor([0, 1]))
+    sample = obj.sample(assign, boxes, gts, torch.tensor([0, 1]),
+                        feats=[torch.randn(1, 8, 4, 4), torch.randn(1, 8, 2, 2)])
+    assert 0 < len(sample.pos_inds) + len(sample.neg_inds) <= 8

@@ -27,3 +27,7 @@ __all__ = ["ATSSAssigner", "ApproxMaxIoUAssigner", "AscendMaxIoUAssigner", "Assi
            "CenterRegionAssigner", "GridAssigner", "MaxIoUAssigner", "PointAssigner",
            "PseudoSampler", "RandomSampler", "SamplingResult", "SimOTAAssigner",
            "TaskAlignedAssigner", "UniformAssigner", "bbox_overlaps"]
+
+from detlab.models.assigners.ohem_sampler import OHEMSampler  # noqa: E402
+
+__all__ += ["OHEMSampler"]

@@ -77,7 +77,12 @@ class StandardRoIHead(BaseRoIHead):
                                       f"num=512, pos_fraction=0.25, neg_pos_ub=-1, "
                                       f"add_gt_as_proposals=True)")
             self.bbox_assigner = MODELS.build(self.train_cfg["assigner"])
-            self.bbox_sampler = MODELS.build(self.train_cfg["sampler"])
+            sampler = self.train_cfg["sampler"]
+            kind = sampler.get("type") if isinstance(sampler, Mapping) else None
+            context = getattr(MODELS.module_dict.get(kind), "needs_context", False)
+            # OHEM ranks the RoIs with this head's own box branch
+            self.bbox_sampler = MODELS.build(sampler, context=self) if context \
+                else MODELS.build(sampler)
 
     def init_bbox_head(self, bbox_roi_extractor: Mapping | nn.Module | None,
                        bbox_head: Mapping | nn.Module) -> None:
