@@ -1,6 +1,14 @@
-"""Mask R-CNN's mask branch against MMDetection 2.28: FCNMaskHead's outputs with the same
-weights, its targets (bitmap, polygon and the batch's tensor masks) and loss, and the masks
-pasted into the image (``get_seg_masks``), for every upsampling and the class-agnostic head.
+"""Mask R-CNN against MMDetection 2.28: FCNMaskHead's outputs with the same weights, its
+targets (bitmap, polygon and the batch's tensor masks) and loss, and the masks pasted into the
+image (``get_seg_masks``), for every upsampling and the class-agnostic head; a small Mask R-CNN
+(FPN, and C4 with the mask head on the shared head's features) with MMDetection's weights
+loaded strictly gives the same losses (with and without ground truth) and the same detections
+and masks; masks end to end on the shapes data (training, segm evaluation, ``detlab test``).
+
+Sampling is random: both sides draw with ``torch.randperm`` in the same order, so seeding
+``torch`` identically before each side's loss gives both the same anchors and RoIs.
+(The zoo's Mask R-CNN configs' parameter counts and state_dict keys are checked by
+``test_zoo.py``.)
 """
 
 from __future__ import annotations
@@ -184,6 +192,21 @@ SMALL = {"model.backbone.depth": 18, "model.backbone.init_cfg": None,
          "model.roi_head.mask_head.conv_out_channels": 16,
          "model.roi_head.mask_head.num_classes": CLASSES, "model.roi_head.mask_head.num_convs": 2,
          "model.train_cfg.rcnn.sampler.num": 128}
+# the C4 model: ResNet's last stage as the RoI head's shared head, the mask head on the box
+# branch's pooled features (no mask extractor, no convs)
+MASK_RCNN_C4 = "mask_rcnn/mask_rcnn_r50_caffe_c4_1x_coco.py"
+SMALL_C4 = {"model.backbone.depth": 18, "model.backbone.init_cfg": None,
+            "model.rpn_head.in_channels": 256, "model.rpn_head.feat_channels": 16,
+            "model.roi_head.shared_head.depth": 18,
+            "model.roi_head.bbox_roi_extractor.out_channels": 256,
+            "model.roi_head.bbox_head.in_channels": 512,
+            "model.roi_head.bbox_head.num_classes": CLASSES,
+            "model.roi_head.mask_head.in_channels": 512,
+            "model.roi_head.mask_head.num_classes": CLASSES,
+            "model.train_cfg.rcnn.sampler.num": 64,
+            "model.train_cfg.rpn_proposal.max_per_img": 200,
+            "model.test_cfg.rpn.max_per_img": 60}
+PAIRS = {"fpn": (MASK_RCNN, SMALL), "c4": (MASK_RCNN_C4, SMALL_C4)}
 
 
 def test_detlab_configs_are_mmdetections():
@@ -194,15 +217,16 @@ def test_detlab_configs_are_mmdetections():
         assert mine.to_dict() == theirs.to_dict(), config
 
 
-@pytest.fixture(scope="module")
-def mask_rcnn_pair():
+@pytest.fixture(scope="module", params=list(PAIRS), ids=list(PAIRS))
+def mask_rcnn_pair(request):
     """(MMDetection's small Mask R-CNN, detlab's with its weights loaded strictly): weights
     drawn at random (distinct objectness scores, so that no tie decides an order), eval mode."""
     import_mmdet()
     from mmdet.models import build_detector
 
-    reference_cfg = load_mmdet_config(MASK_RCNN)
-    reference_cfg.merge_from_dict(SMALL)
+    config, options = PAIRS[request.param]
+    reference_cfg = load_mmdet_config(config)
+    reference_cfg.merge_from_dict(options)
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -213,8 +237,8 @@ def mask_rcnn_pair():
             if "backbone" not in name:
                 scale = 0.3 if "fc_cls" in name or "rpn_cls" in name else 0.1
                 param.copy_(torch.randn(param.shape, generator=gen) * scale)
-    cfg = Config.fromfile(REPO / "configs" / MASK_RCNN)
-    cfg.merge_from_dict(SMALL)
+    cfg = Config.fromfile(mmdet_config_dir() / config)  # MMDetection's copy: C4 is not shipped
+    cfg.merge_from_dict(options)
     ours = build_model(cfg.model)
     ours.load_state_dict(reference.state_dict(), strict=True)
     return reference.eval(), ours.eval()
