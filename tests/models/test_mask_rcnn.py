@@ -370,10 +370,10 @@ def _shapes_config(root: str, **options) -> Config:
     return cfg
 
 
-def test_trains_on_shapes_with_masks_and_reports_segm_map(shapes_root, tmp_path):
+def test_trains_on_shapes_with_masks_and_reports_segm_map(shapes_root, tmp_path, capsys):
     """Two iterations through detlab.train with evaluation=dict(metric=['bbox', 'segm']): the
     mask loss is logged and the evaluation reports segm_mAP; `detlab test --eval bbox segm`
-    on the checkpoint reports both too."""
+    on the checkpoint runs; inference gives masks that show_result draws."""
     from detlab.cli import main
     from detlab.engine.logging import read_json_log
     from detlab.engine.setup import train
@@ -391,7 +391,16 @@ def test_trains_on_shapes_with_masks_and_reports_segm_map(shapes_root, tmp_path)
     out = tmp_path / "results.pkl"
     assert main(["test", str(config_file), run.checkpoint, "--eval", "bbox", "segm",
                  "--out", str(out)]) == 0
-    assert out.is_file()
+    assert out.is_file() and "segm_mAP" in capsys.readouterr().out
+    # inference keeps masks of the original image's size, and show_result draws them
+    from detlab.inference import inference_detector, init_detector, show_result
+
+    model = init_detector(str(config_file), run.checkpoint)
+    model.roi_head.test_cfg["score_thr"] = 0.0  # an untrained model: keep what it finds
+    image = Path(shapes_root) / "val" / "000000.png"
+    result = inference_detector(model, str(image))
+    assert result.masks is not None and result.masks.shape == (len(result), 64, 64)
+    assert show_result(str(image), result, score_thr=0.0).shape == (64, 64, 3)
 
 
 def test_ground_truth_masks_as_detections_score_a_perfect_segm_map(shapes_root):
