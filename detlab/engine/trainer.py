@@ -34,8 +34,9 @@ from detlab.structures import Batch
 
 
 def parse_losses(losses: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-    """The total loss (the sum of every entry whose key starts with ``loss``) and the values to
-    log (averaged over processes). A list of tensors counts as their sum."""
+    """The total loss (the sum of every entry whose key holds ``loss``, as MMDetection's
+    ``_parse_losses``: ``loss_cls``, a cascade's ``s0.loss_rpn_reg`` ...) and the values to log
+    (averaged over processes). A list of tensors counts as their sum."""
     log_vars: dict[str, torch.Tensor] = {}
     for name, value in losses.items():
         if isinstance(value, torch.Tensor):
@@ -45,9 +46,9 @@ def parse_losses(losses: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, flo
         else:
             raise TypeError(f"loss {name!r} must be a tensor or a list of tensors, got "
                             f"{type(value).__name__}")
-    loss = sum(v for k, v in log_vars.items() if k.startswith("loss"))
+    loss = sum(v for k, v in log_vars.items() if "loss" in k)
     if not isinstance(loss, torch.Tensor):
-        raise ValueError(f"the model's loss() returned no key starting with 'loss': "
+        raise ValueError(f"the model's loss() returned no key holding 'loss': "
                          f"{list(losses)}")
     log_vars["loss"] = loss
     return loss, {k: float(reduce_mean(v.detach())) for k, v in log_vars.items()}

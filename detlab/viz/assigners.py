@@ -91,7 +91,12 @@ def _two_stage_overrides(model: Any, in_channels: int, channels: int, num_classe
     its box and mask heads (one or a list of each, as Cascade R-CNN's) get ``channels`` wide
     convs / fcs and ``num_classes`` classes."""
     rpn = model.get("rpn_head")
-    if rpn is not None:
+    if rpn is not None and "stages" in rpn:  # Cascade RPN: each stage reads the neck's maps
+        options["model.rpn_head.stages"] = [
+            dict(stage, in_channels=in_channels,
+                 **({"feat_channels": channels} if "feat_channels" in stage else {}))
+            for stage in rpn["stages"]]
+    elif rpn is not None:
         options["model.rpn_head.in_channels"] = in_channels
         if "feat_channels" in rpn:
             options["model.rpn_head.feat_channels"] = channels

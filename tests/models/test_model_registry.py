@@ -398,6 +398,59 @@ def run_two_stage_detector(module):
 
 
 
+CRPN_ANCHORS = dict(type="AnchorGenerator", scales=[2], ratios=[1.0], strides=[8, 16])
+CRPN_STAGES = [
+    dict(type="StageCascadeRPNHead", in_channels=8, feat_channels=8,
+         anchor_generator=CRPN_ANCHORS, adapt_cfg=dict(type="dilation", dilation=3),
+         bridged_feature=True, sampling=False, with_cls=False, reg_decoded_bbox=True,
+         loss_bbox=dict(type="IoULoss", mode="linear", loss_weight=10.0)),
+    dict(type="StageCascadeRPNHead", in_channels=8, feat_channels=8,
+         anchor_generator=CRPN_ANCHORS, adapt_cfg=dict(type="offset"), bridged_feature=False,
+         sampling=True, with_cls=True, reg_decoded_bbox=True,
+         loss_bbox=dict(type="IoULoss", mode="linear", loss_weight=10.0))]
+CRPN_TRAIN_CFG = [dict(assigner=dict(type="RegionAssigner", center_ratio=0.2, ignore_ratio=0.5),
+                       allowed_border=-1, pos_weight=-1, debug=False),
+                  dict(RPN_TRAIN_CFG, allowed_border=-1)]
+
+
+def run_region_assigner(obj):
+    from detlab.models.anchors import AnchorGenerator
+
+    generator = AnchorGenerator(strides=[8, 16], ratios=[1.0], scales=[2])
+    anchors = generator.grid_priors([(4, 4), (2, 2)])
+    result = obj.assign(torch.cat(anchors), torch.tensor([[2.0, 3.0, 20.0, 22.0]]),
+                        num_level_priors=[16, 4], featmap_sizes=[(4, 4), (2, 2)],
+                        anchor_scale=2, anchor_strides=[8, 16],
+                        valid_flags=torch.ones(20, dtype=torch.bool), img_shape=(32, 32, 3))
+    assert result.gt_inds.shape == (20,) and (result.gt_inds > 0).any()
+
+
+def run_cascade_rpn_head(module):
+    feats = [torch.randn(2, 8, 4, 4), torch.randn(2, 8, 2, 2)]
+    batch = _batch()
+    losses = module.loss_by_feats(feats, batch.targets, batch.metas)
+    assert set(losses) == {"s0.loss_rpn_reg", "s1.loss_rpn_cls", "s1.loss_rpn_reg"}
+    assert losses["s1.loss_rpn_reg"] > 0
+    sum(losses.values()).backward()
+    assert len(module.proposals(feats, batch.metas)) == 2
+
+
+def run_stage_cascade_rpn_head(module):
+    feats = [torch.randn(2, 8, 4, 4), torch.randn(2, 8, 2, 2)]
+    batch = _batch()
+    priors = module.get_priors(feats, batch.metas)
+    anchors = priors.priors.expand(2, -1, -1)
+    from detlab.models.heads.cascade_rpn_head import anchor_offsets
+
+    offsets = anchor_offsets(anchors, module.anchor_strides, [(4, 4), (2, 2)])
+    _, cls_scores, bbox_preds = module(feats, offsets)
+    gts = module.ground_truths(batch.targets, batch.metas, 2, torch.device("cpu"))
+    losses = module.stage_loss(anchors, priors.valid, cls_scores, bbox_preds, gts, batch.metas)
+    sum(losses.values()).backward()
+    refined = module.refine_anchors(anchors, bbox_preds, batch.metas)
+    assert len(module.proposals_from_anchors(refined, cls_scores, bbox_preds, batch.metas)) == 2
+
+
 COMPONENTS = {
     "ResNet": (dict(depth=18, frozen_stages=-1), run_resnet),
     "FPN": (dict(in_channels=[4, 8], out_channels=8, num_outs=4, add_extra_convs="on_input"),
@@ -826,6 +879,13 @@ COMPONENTS = {
                       test_cfg=dict(rpn=RPN_TEST_CFG,
                                     rcnn=dict(RCNN_TEST_CFG, mask_thr_binary=0.5))),
                  lambda module: run_mask_rcnn(module)),
+    # Cascade RPN
+    "RegionAssigner": (dict(center_ratio=0.2, ignore_ratio=0.5), run_region_assigner),
+    "StageCascadeRPNHead": (dict({k: v for k, v in CRPN_STAGES[1].items() if k != "type"},
+                                 train_cfg=CRPN_TRAIN_CFG[1], test_cfg=RPN_TEST_CFG),
+                            run_stage_cascade_rpn_head),
+    "CascadeRPNHead": (dict(num_stages=2, stages=CRPN_STAGES, train_cfg=CRPN_TRAIN_CFG,
+                            test_cfg=RPN_TEST_CFG), run_cascade_rpn_head),
 }
 
 

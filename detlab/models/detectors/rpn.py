@@ -4,6 +4,7 @@ objectness score, evaluated by their recall (``proposal_fast`` / ``proposal``)."
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -11,7 +12,14 @@ import torch
 from torch import nn
 
 from detlab.config import ConfigError
-from detlab.models.detectors.single_stage import SingleStageDetector, _pretrained_arg
+from detlab.models.detectors.single_stage import (
+    FeatureStrideWarning,
+    SingleStageDetector,
+    _outside_stacklevel,
+    _pretrained_arg,
+    feature_stride_mismatch,
+)
+from detlab.models.heads.rpn_head import proposal_results
 from detlab.models.utils import thaw
 from detlab.registry import MODELS
 from detlab.structures import Batch, DetResult
@@ -37,8 +45,10 @@ class RPN(SingleStageDetector):
     Args:
         backbone: config or module.
         neck: config or module (or None).
-        rpn_head: config or module (an ``RPNHead``); gets ``train_cfg.rpn`` and
-            ``test_cfg.rpn``.
+        rpn_head: config or module (an ``RPNHead``, or a ``CascadeRPNHead`` whose
+            ``train_cfg.rpn`` is a list, one per stage); gets ``train_cfg.rpn`` and
+            ``test_cfg.rpn``. It offers ``loss_by_feats(feats, targets, metas)`` and
+            ``proposals(feats, metas)``.
         train_cfg: ``dict(rpn=dict(assigner=..., sampler=..., allowed_border, pos_weight,
             debug))``, or None for a model that only predicts.
         test_cfg: ``dict(rpn=dict(nms_pre, max_per_img, nms, min_bbox_size))``.
@@ -76,13 +86,30 @@ class RPN(SingleStageDetector):
         """The ``rpn_head`` (the name the single-stage machinery reads)."""
         return self.rpn_head
 
+    def _features(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The feature maps of ``images``; the first call also compares the head's strides with
+        the maps (see :class:`FeatureStrideWarning`)."""
+        feats = self.extract_feat(images)
+        if not self._strides_checked:
+            self._strides_checked = True
+            problem = feature_stride_mismatch(self.rpn_head, self.neck, images, feats)
+            if problem is not None:
+                warnings.warn(problem, FeatureStrideWarning, stacklevel=_outside_stacklevel())
+        return feats
+
     def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """``loss_rpn_cls`` and ``loss_rpn_bbox`` of a training batch (labels are not read)."""
-        raw = self.forward(batch.images)
-        return self.rpn_head.loss(raw, batch.targets, batch.metas)
+        """The head's losses of a training batch (``loss_rpn_cls`` and ``loss_rpn_bbox`` for an
+        ``RPNHead``); labels are not read."""
+        return self.rpn_head.loss_by_feats(self._features(batch.images), batch.targets,
+                                           batch.metas)
 
     @torch.no_grad()
     def predict(self, batch: Batch, rescale: bool = True) -> list[DetResult]:
         """Each image's proposals (``test_cfg.rpn``) as detections of class 0, in
         original-image pixels with ``rescale``."""
-        return super().predict(batch, rescale=rescale)
+        proposals = self.rpn_head.proposals(self._features(batch.images), batch.metas)
+        results = proposal_results(proposals, batch.metas, rescale)
+        classes = tuple(self.CLASSES) if self.CLASSES is not None else None
+        for result in results:
+            result.class_names = classes
+        return results

@@ -185,3 +185,7 @@ __all__ += ["PISARetinaHead", "PISASSDHead"]
 from detlab.models.heads.ascend_heads import AscendRetinaHead, AscendSSDHead  # noqa: E402
 
 __all__ += ["AscendRetinaHead", "AscendSSDHead"]
+
+from detlab.models.heads.cascade_rpn_head import CascadeRPNHead, StageCascadeRPNHead  # noqa: E402
+
+__all__ += ["CascadeRPNHead", "StageCascadeRPNHead"]

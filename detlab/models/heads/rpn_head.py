@@ -14,6 +14,7 @@ Interface for the detectors that use it (``RPN`` here, two-stage detectors throu
   with a softmax ``loss_cls``) and ``(B, 4A, H, W)`` deltas.
 - ``head.loss(raw, targets, metas) -> dict(loss_rpn_cls, loss_rpn_bbox)``; ``targets`` are the
   batch's target dicts (``boxes``, optional ``boxes_ignore``; ``labels`` are not used).
+  ``head.loss_by_feats(feats, targets, metas)`` does the same from the feature maps.
 - ``head.loss_and_proposals(feats, batch_or_targets, metas, proposal_cfg=None) -> (losses,
   proposals)``: the losses as above and, from the same (detached) outputs, each image's proposals
   under ``proposal_cfg`` (a two-stage detector's ``train_cfg.rpn_proposal``; None:
@@ -148,6 +149,11 @@ class RPNHead(AnchorHead):
         losses = super().loss(raw, targets, metas)
         return dict(loss_rpn_cls=losses["loss_cls"], loss_rpn_bbox=losses["loss_bbox"])
 
+    def loss_by_feats(self, feats: Sequence[torch.Tensor], targets: Sequence[Mapping],
+                      metas: Sequence[Mapping]) -> dict[str, torch.Tensor]:
+        """The losses of the feature maps of a training batch (see :meth:`loss`)."""
+        return self.loss(self(feats), targets, metas)
+
     def loss_and_proposals(self, feats: Sequence[torch.Tensor], batch_or_targets: Any,
                            metas: Sequence[Mapping], proposal_cfg: Mapping | None = None
                            ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
@@ -231,10 +237,16 @@ class RPNHead(AnchorHead):
                 rescale: bool = True) -> list[DetResult]:
         """Each image's proposals as detections of class 0 (``test_cfg``), in original-image
         pixels with ``rescale`` (un-flipped, divided by ``scale_factor``), else input pixels."""
-        results = []
-        for proposals, meta in zip(self.proposals_by_feat(raw[0], raw[1], metas), metas,
-                                   strict=True):
-            boxes = boxes_to_original(proposals[:, :4], meta) if rescale else proposals[:, :4]
-            labels = torch.zeros(len(proposals), dtype=torch.long, device=proposals.device)
-            results.append(DetResult(boxes, proposals[:, 4], labels, meta=result_meta(meta)))
-        return results
+        return proposal_results(self.proposals_by_feat(raw[0], raw[1], metas), metas, rescale)
+
+
+def proposal_results(proposals: Sequence[torch.Tensor], metas: Sequence[Mapping],
+                     rescale: bool = True) -> list[DetResult]:
+    """Each image's ``(N, 5)`` proposals (input pixels) as a DetResult of class 0, in
+    original-image pixels with ``rescale`` (un-flipped, divided by ``scale_factor``)."""
+    results = []
+    for found, meta in zip(proposals, metas, strict=True):
+        boxes = boxes_to_original(found[:, :4], meta) if rescale else found[:, :4]
+        labels = torch.zeros(len(found), dtype=torch.long, device=found.device)
+        results.append(DetResult(boxes, found[:, 4], labels, meta=result_meta(meta)))
+    return results
