@@ -31,3 +31,7 @@ __all__ = ["ATSSAssigner", "ApproxMaxIoUAssigner", "AscendMaxIoUAssigner", "Assi
 from detlab.models.assigners.ohem_sampler import OHEMSampler  # noqa: E402
 
 __all__ += ["OHEMSampler"]
+
+from detlab.models.assigners.region_assigner import RegionAssigner  # noqa: E402
+
+__all__ += ["RegionAssigner"]
