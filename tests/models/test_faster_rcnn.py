@@ -180,7 +180,8 @@ VARIANTS = {
     "shared2fc": dict(),
     "unaligned-agnostic": dict(roi_layer=dict(type="RoIAlign", output_size=7,
                                               sampling_ratio=2, aligned=False),
-                               bbox_head=dict(reg_class_agnostic=True)),
+                               bbox_head=dict(reg_class_agnostic=True, loss_bbox=dict(
+                                   type="SmoothL1Loss", beta=1.0, loss_weight=1.0))),
     "shared4conv1fc-gn-giou": dict(bbox_head=dict(
         type="Shared4Conv1FCBBoxHead", conv_out_channels=CHANNELS,
         norm_cfg=dict(type="GN", num_groups=4), reg_decoded_bbox=True,
@@ -410,7 +411,6 @@ def test_faster_rcnn_detections_match_mmdetection(faster_pair):
             np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.slow
 def test_fast_rcnn_with_given_proposals_matches_mmdetection():
     """Fast R-CNN (no RPN): the proposals come with the data; the same losses and detections
     as MMDetection's FastRCNN with its weights."""
