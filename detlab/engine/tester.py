@@ -105,18 +105,61 @@ def _gather(results: list[DetResult], size: int) -> list[DetResult]:
     return ordered[:size]
 
 
+def _mmdet_row(result: DetResult, num_classes: int) -> Any:
+    """One image of MMDetection's ``results.pkl``: per-class ``(n, 5)`` arrays; with masks,
+    the pair (those arrays, per-class lists of the masks' compressed RLE dicts in the same
+    order) that MMDetection's mask models write."""
+    boxes = result.to_mmdet(num_classes)
+    if result.masks is None:
+        return boxes
+    from pycocotools import mask as mask_utils
+
+    labels = result.labels.cpu().numpy()
+    masks = result.masks.detach().cpu().numpy().astype(np.uint8)
+    segms = [[mask_utils.encode(np.asfortranarray(m)) for m in masks[labels == c]]
+             for c in range(num_classes)]
+    return boxes, segms
+
+
+def _is_mask_row(row: Any) -> bool:
+    """Whether an image of a ``results.pkl`` is a mask model's (per-class boxes, per-class
+    lists of RLE dicts) pair."""
+    return (isinstance(row, tuple) and len(row) == 2 and isinstance(row[1], (list, tuple))
+            and all(isinstance(c, (list, tuple)) for c in row[1]))
+
+
+def _from_mask_row(row: tuple, class_names: Sequence[str] | None, index: int) -> DetResult:
+    """A DetResult with masks from a mask model's ``(per-class boxes, per-class RLEs)``."""
+    from detlab.data.masks import decode_rles
+
+    per_class, segms = row
+    arrays = [np.asarray(a, dtype=np.float32).reshape(-1, 5) for a in per_class]
+    if [len(a) for a in arrays] != [len(c) for c in segms]:
+        raise ValueError(f"image {index} of the results has {[len(a) for a in arrays]} boxes "
+                         f"but {[len(c) for c in segms]} masks per class")
+    result = DetResult.from_mmdet(arrays, class_names)
+    rles = [rle for c in segms for rle in c]
+    if not rles:
+        return result
+    dets = np.concatenate(arrays)
+    order = np.argsort(-dets[:, 4], kind="stable")  # from_mmdet's order
+    result.masks = torch.from_numpy(decode_rles(rles)[order]).bool()
+    return result
+
+
 def save_results(results: Sequence[DetResult], path: str, num_classes: int,
                  proposals: bool = False) -> str:
-    """Write results as MMDetection 2.x's ``results.pkl``: per image, per class ``(n, 5)``;
-    with ``proposals`` (an RPN's results), per image one ``(n, 5)`` array of boxes and scores,
-    the proposal file a Fast R-CNN reads (``proposal_file``)."""
+    """Write results as MMDetection 2.x's ``results.pkl``: per image, per class ``(n, 5)``
+    (with masks, the pair of those and per-class lists of RLE dicts, as MMDetection's mask
+    models); with ``proposals`` (an RPN's results), per image one ``(n, 5)`` array of boxes
+    and scores, the proposal file a Fast R-CNN reads (``proposal_file``)."""
     if not path.endswith((".pkl", ".pickle")):
         raise ValueError(f"--out must be a .pkl file, got {path}")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
     rows = [np.concatenate([r.boxes.detach().cpu().numpy(),
                             r.scores.detach().cpu().numpy()[:, None]], axis=1)
-            .astype(np.float32) if proposals else r.to_mmdet(num_classes) for r in results]
+            .astype(np.float32) if proposals else _mmdet_row(r, num_classes) for r in results]
     with open(tmp, "wb") as f:
         pickle.dump(rows, f)
     os.replace(tmp, path)
@@ -125,8 +168,9 @@ def save_results(results: Sequence[DetResult], path: str, num_classes: int,
 
 def load_results(path: str, class_names: Sequence[str] | None = None,
                  trust_pickle: bool = False) -> list[DetResult]:
-    """Read a ``results.pkl`` (MMDetection 2.x's per-class arrays, or an RPN's one ``(n, 5)``
-    array per image, read as detections of class 0) back into DetResults.
+    """Read a ``results.pkl`` (MMDetection 2.x's per-class arrays, with a mask model's RLEs,
+    or an RPN's one ``(n, 5)`` array per image, read as detections of class 0) back into
+    DetResults.
 
     The pickle is read with :func:`detlab.safe_pickle.load`: lists and numpy arrays only, so a
     crafted file cannot run code; ``trust_pickle=True`` reads any pickle (a trusted file)."""
@@ -137,6 +181,8 @@ def load_results(path: str, class_names: Sequence[str] | None = None,
                           torch.from_numpy(a[:, 4].astype(np.float32)),
                           torch.zeros(len(a), dtype=torch.long), class_names=class_names)
                 for a in raw]
+    if isinstance(raw, list) and raw and all(_is_mask_row(row) for row in raw):
+        return [_from_mask_row(row, class_names, i) for i, row in enumerate(raw)]
     if not isinstance(raw, list) or (raw and not isinstance(raw[0], (list, tuple))):
         raise ValueError(f"{path} does not hold MMDetection-style results (a list, per image, of "
                          f"per-class (n, 5) arrays, or of one (n, 5) array of proposals)")

@@ -392,6 +392,8 @@ def test_trains_on_shapes_with_masks_and_reports_segm_map(shapes_root, tmp_path,
     assert main(["test", str(config_file), run.checkpoint, "--eval", "bbox", "segm",
                  "--out", str(out)]) == 0
     assert out.is_file() and "segm_mAP" in capsys.readouterr().out
+    assert main(["eval-metric", str(config_file), str(out), "--eval", "bbox", "segm"]) == 0
+    assert "segm_mAP" in capsys.readouterr().out  # the masks went into results.pkl and back
     # inference keeps masks of the original image's size, and show_result draws them
     from detlab.inference import inference_detector, init_detector, show_result
 
@@ -425,3 +427,29 @@ def test_ground_truth_masks_as_detections_score_a_perfect_segm_map(shapes_root):
                                  masks=torch.zeros_like(masks)))
     assert dataset.evaluate(results, metric=["bbox", "segm"])["segm_mAP"] == 1.0
     assert dataset.evaluate(emptied, metric="segm")["segm_mAP"] == 0.0
+
+
+def test_results_pkl_keeps_masks(tmp_path):
+    """A mask model's results.pkl is MMDetection's (per-class boxes, per-class RLEs) per image,
+    and reads back into the same DetResults (order by score, masks included)."""
+    from detlab.engine.tester import load_results, save_results
+    from detlab.structures import DetResult
+
+    gen = torch.Generator().manual_seed(0)
+    boxes = torch.tensor([[1.0, 2, 9, 12], [4, 4, 20, 15], [0, 0, 5, 5]])
+    masks = torch.rand(3, 16, 24, generator=gen) > 0.5
+    results = [DetResult(boxes, torch.tensor([0.9, 0.8, 0.3]), torch.tensor([2, 0, 2]),
+                         masks=masks),
+               DetResult(boxes[:0], torch.zeros(0), torch.zeros(0, dtype=torch.long),
+                         masks=masks[:0])]
+    path = save_results(results, str(tmp_path / "results.pkl"), num_classes=3)
+    import pickle
+
+    with open(path, "rb") as f:
+        raw = pickle.load(f)
+    assert isinstance(raw[0], tuple) and [len(c) for c in raw[0][1]] == [1, 0, 2]
+    assert raw[0][1][2][0]["size"] == [16, 24]
+    back = load_results(path, ("a", "b", "c"))
+    torch.testing.assert_close(back[0].boxes, boxes)
+    assert back[0].labels.tolist() == [2, 0, 2] and torch.equal(back[0].masks, masks)
+    assert len(back[1]) == 0
