@@ -259,6 +259,10 @@ def test_configuration_errors():
     model["test_cfg"] = model["test_cfg"]["rpn"]  # flat: the stage's key is missing
     with pytest.raises(ConfigError, match="test_cfg.rpn"):
         build_model(model)
+    cfg = Config.fromfile(REPO / "configs" / RPN)
+    cfg.merge_from_dict({"model.rpn_head.in_channels": 64})
+    with pytest.raises(ConfigError, match=r"model.rpn_head.in_channels=64 does not match"):
+        build_model(cfg.model)
     head = RPNHead(**HEAD_ARGS)
     with pytest.raises(ConfigError, match="test_cfg"):
         head.proposals([torch.randn(1, 8, 8, 8), torch.randn(1, 8, 4, 4)],

@@ -38,6 +38,12 @@ def stage_cfg(cfg: Mapping | None, key: str, where: str) -> Any:
     return cfg[key]
 
 
+def _as_rpn_keys(message: str) -> str:
+    """A single-stage check's message about ``model.bbox_head`` as one about the RPN's
+    ``model.rpn_head``."""
+    return message.replace("model.bbox_head", "model.rpn_head")
+
+
 @MODELS.register_module()
 class RPN(SingleStageDetector):
     """Region proposal network.
@@ -78,7 +84,10 @@ class RPN(SingleStageDetector):
             test_cfg=stage_cfg(test_cfg, "rpn", "model.test_cfg"))
         self.train_cfg, self.test_cfg, self.init_cfg = thaw(train_cfg), thaw(test_cfg), \
             thaw(init_cfg)
-        self._check_channels()
+        try:
+            self._check_channels()
+        except ConfigError as err:  # the single-stage check names the head bbox_head
+            raise ConfigError(_as_rpn_keys(str(err))) from None
         self._strides_checked = False
 
     @property
@@ -94,7 +103,8 @@ class RPN(SingleStageDetector):
             self._strides_checked = True
             problem = feature_stride_mismatch(self.rpn_head, self.neck, images, feats)
             if problem is not None:
-                warnings.warn(problem, FeatureStrideWarning, stacklevel=_outside_stacklevel())
+                warnings.warn(_as_rpn_keys(problem), FeatureStrideWarning,
+                              stacklevel=_outside_stacklevel())
         return feats
 
     def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
