@@ -456,3 +456,32 @@ def test_fast_rcnn_with_given_proposals_matches_mmdetection():
             np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="LoadProposals"):
         ours.predict(Batch(images, [{}, {}], metas))
+
+
+@pytest.mark.parametrize("aggregation", ["sum", "concat"])
+def test_generic_roi_extractor_matches_mmdetection(aggregation):
+    """GRoIE's extractor: every level pooled, through a shared pre-conv, summed (or
+    concatenated), then a post module, with MMDetection's weights."""
+    import_mmdet()
+    from mmcv import ConfigDict
+    from mmdet.models.builder import build_roi_extractor
+
+    out_channels = CHANNELS if aggregation == "sum" else CHANNELS * len(STRIDES)
+    cfg = dict(type="GenericRoIExtractor", aggregation=aggregation,
+               roi_layer=dict(type="RoIAlign", output_size=7, sampling_ratio=2),
+               out_channels=out_channels, featmap_strides=list(STRIDES),
+               pre_cfg=dict(type="ConvModule", in_channels=CHANNELS, out_channels=CHANNELS,
+                            kernel_size=5, padding=2, inplace=False),
+               post_cfg=dict(type="ConvModule", in_channels=out_channels,
+                             out_channels=out_channels, kernel_size=1))
+    reference = build_roi_extractor(ConfigDict(copy.deepcopy(cfg)))
+    ours = MODELS.build(cfg)
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    assert list(ours.state_dict()) == list(reference.state_dict())
+    feats = _feats()
+    rois = torch.cat([torch.tensor([[0.0]] * 3 + [[1.0]] * 3),
+                      _proposals(_targets())[0][:6, :4]], dim=1)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(feats, rois), reference(feats, rois))
+        torch.testing.assert_close(ours(feats, rois, roi_scale_factor=1.5),
+                                   reference(feats, rois, roi_scale_factor=1.5))

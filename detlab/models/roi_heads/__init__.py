@@ -7,7 +7,8 @@
   a RoI extractor and a box head (plus, optionally, a mask branch), MMDetection's overridable
   pieces (``_bbox_forward`` ...) kept.
 - RoI extractors (:mod:`~detlab.models.roi_heads.roi_extractors`): ``SingleRoIExtractor``
-  (RoIAlign / RoIPool from ``torchvision.ops``, FPN level mapping by ``finest_scale``).
+  (RoIAlign / RoIPool from ``torchvision.ops``, FPN level mapping by ``finest_scale``) and
+  ``GenericRoIExtractor`` (every level, summed or concatenated; GRoIE).
 - Shared heads (:mod:`~detlab.models.roi_heads.shared_heads`): ``ResLayer`` (ResNet's last
   stage on the pooled RoIs, C4 models).
 - Box heads (:mod:`~detlab.models.roi_heads.bbox_heads`): ``BBoxHead``, ``ConvFCBBoxHead``,
@@ -21,12 +22,17 @@ from detlab.models.roi_heads.bbox_heads import (
     Shared2FCBBoxHead,
     Shared4Conv1FCBBoxHead,
 )
-from detlab.models.roi_heads.roi_extractors import SingleRoIExtractor, boxes_to_rois
+from detlab.models.roi_heads.roi_extractors import (
+    GenericRoIExtractor,
+    SingleRoIExtractor,
+    boxes_to_rois,
+)
 from detlab.models.roi_heads.shared_heads import ResLayer
 from detlab.models.roi_heads.standard_roi_head import StandardRoIHead, mask_heads_available
 
-__all__ = ["BBoxHead", "BaseRoIHead", "ConvFCBBoxHead", "ResLayer", "Shared2FCBBoxHead",
-           "Shared4Conv1FCBBoxHead", "SingleRoIExtractor", "StandardRoIHead", "boxes_to_rois"]
+__all__ = ["BBoxHead", "BaseRoIHead", "ConvFCBBoxHead", "GenericRoIExtractor", "ResLayer",
+           "Shared2FCBBoxHead", "Shared4Conv1FCBBoxHead", "SingleRoIExtractor",
+           "StandardRoIHead", "boxes_to_rois"]
 
 if mask_heads_available():  # the mask branch's heads register themselves on import
     from detlab.models.roi_heads import mask_heads  # noqa: F401

@@ -1,6 +1,6 @@
 """RoI feature extractors: a fixed-size feature map per region of interest, pooled from the
-feature level that suits the region's size (MMDetection 2.28's ``SingleRoIExtractor`` and
-``GenericRoIExtractor``).
+feature level that suits the region's size (MMDetection 2.28's ``SingleRoIExtractor``) or from
+every level, summed or concatenated (``GenericRoIExtractor``, GRoIE).
 
 RoIs are ``(K, 5)`` rows ``(image index, x1, y1, x2, y2)`` in input-image pixels (see
 :func:`boxes_to_rois`). The pooling layers are :func:`torchvision.ops.roi_align` /
@@ -21,7 +21,7 @@ from torchvision.ops import roi_align, roi_pool
 
 from detlab.config import ConfigError, did_you_mean
 from detlab.models.init import initialize
-from detlab.models.utils import thaw
+from detlab.models.utils import ConvModule, thaw
 from detlab.registry import MODELS, UnknownTypeError
 
 
@@ -206,3 +206,80 @@ class SingleRoIExtractor(BaseRoIExtractor):
 
     def extra_repr(self) -> str:
         return f"featmap_strides={self.featmap_strides}, finest_scale={self.finest_scale}"
+
+
+def build_plugin(cfg: Mapping[str, Any], where: str) -> nn.Module:
+    """A GenericRoIExtractor's ``pre_cfg`` / ``post_cfg`` module: ``ConvModule`` (mmcv's
+    arguments), or any registered module type (e.g. an attention block)."""
+    if not isinstance(cfg, Mapping) or "type" not in cfg:
+        raise ConfigError(f"{where} must be a dict with a type, e.g. dict(type='ConvModule', "
+                          f"in_channels=256, out_channels=256, kernel_size=5, padding=2), got "
+                          f"{cfg!r}")
+    args = dict(cfg)
+    if args["type"] == "ConvModule":
+        args.pop("type")
+        try:
+            return ConvModule(**args)
+        except TypeError as err:
+            raise ConfigError(f"{where}: {err}") from err
+    return MODELS.build(args)
+
+
+@MODELS.register_module()
+class GenericRoIExtractor(BaseRoIExtractor):
+    """Pools each RoI from every level (GRoIE, Rossi et al., 2020): each level's pooled map,
+    through the optional ``pre_cfg`` module (shared by the levels), is summed into the output
+    (``aggregation='sum'``) or written into its slice of the channels (``'concat'``); the
+    optional ``post_cfg`` module then runs on the result.
+
+    Args:
+        aggregation: ``'sum'`` or ``'concat'`` (``out_channels`` is then the levels' total).
+        pre_cfg, post_cfg: module configs (``ConvModule`` or a registered type), or None.
+        roi_layer, out_channels, featmap_strides, init_cfg: see :class:`BaseRoIExtractor`.
+    """
+
+    def __init__(self, roi_layer: Mapping[str, Any], out_channels: int,
+                 featmap_strides: Sequence[int], aggregation: str = "sum",
+                 pre_cfg: Mapping | None = None, post_cfg: Mapping | None = None,
+                 init_cfg: Mapping | Sequence[Mapping] | None = None) -> None:
+        super().__init__(roi_layer, out_channels, featmap_strides, init_cfg)
+        if aggregation not in ("sum", "concat"):
+            raise ConfigError(f"GenericRoIExtractor aggregation must be 'sum' or 'concat', got "
+                              f"{aggregation!r}")
+        self.aggregation = aggregation
+        self.with_post, self.with_pre = post_cfg is not None, pre_cfg is not None
+        if post_cfg is not None:  # registered first, as in MMDetection's state_dict
+            self.post_module = build_plugin(post_cfg, "bbox_roi_extractor.post_cfg")
+        if pre_cfg is not None:
+            self.pre_module = build_plugin(pre_cfg, "bbox_roi_extractor.pre_cfg")
+
+    def forward(self, feats: Sequence[torch.Tensor], rois: torch.Tensor,
+                roi_scale_factor: float | None = None) -> torch.Tensor:
+        """The first :attr:`num_inputs` feature maps and ``(K, 5)`` RoIs -> ``(K,
+        out_channels, h, w)`` features aggregated over the levels."""
+        if len(feats) == 1:
+            return self.roi_layers[0](feats[0], rois)
+        out = self._empty(feats, rois)
+        if out.shape[0] == 0:
+            return out
+        if roi_scale_factor is not None:
+            rois = self.roi_rescale(rois, roi_scale_factor)
+        start = 0
+        for level, feat in enumerate(feats):
+            pooled = self.roi_layers[level](feat, rois)
+            end = start + pooled.shape[1]
+            if self.with_pre:
+                pooled = self.pre_module(pooled)
+            if self.aggregation == "sum":
+                out = out + pooled
+            else:
+                out[:, start:end] = pooled
+            start = end
+        if self.aggregation == "concat" and start != self.out_channels:
+            raise ConfigError(f"GenericRoIExtractor(aggregation='concat') gives {start} "
+                              f"channels from {len(feats)} levels, but out_channels="
+                              f"{self.out_channels}; set out_channels={start}")
+        return self.post_module(out) if self.with_post else out
+
+    def extra_repr(self) -> str:
+        return f"featmap_strides={self.featmap_strides}, aggregation={self.aggregation!r}"
