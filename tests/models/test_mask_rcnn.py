@@ -14,6 +14,7 @@ Sampling is random: both sides draw with ``torch.randperm`` in the same order, s
 from __future__ import annotations
 
 import copy
+import json
 import warnings
 from pathlib import Path
 
@@ -405,7 +406,7 @@ def test_trains_on_shapes_with_masks_and_reports_segm_map(shapes_root, tmp_path,
     assert show_result(str(image), result, score_thr=0.0).shape == (64, 64, 3)
 
 
-def test_ground_truth_masks_as_detections_score_a_perfect_segm_map(shapes_root):
+def test_ground_truth_masks_as_detections_score_a_perfect_segm_map(shapes_root, tmp_path):
     """DetResult.masks reach the COCO segm evaluation (as RLE): the shapes' own masks, given
     as detections, score 1; the same boxes with emptied masks score 0."""
     import detlab
@@ -425,7 +426,11 @@ def test_ground_truth_masks_as_detections_score_a_perfect_segm_map(shapes_root):
         results.append(DetResult(boxes, torch.ones(len(anns)), labels, masks=masks))
         emptied.append(DetResult(boxes, torch.ones(len(anns)), labels,
                                  masks=torch.zeros_like(masks)))
-    assert dataset.evaluate(results, metric=["bbox", "segm"])["segm_mAP"] == 1.0
+    prefix = str(tmp_path / "shapes")
+    metrics = dataset.evaluate(results, metric=["bbox", "segm"], jsonfile_prefix=prefix)
+    assert metrics["segm_mAP"] == 1.0 and metrics["bbox_mAP"] == 1.0
+    rows = json.loads(Path(f"{prefix}.segm.json").read_text())
+    assert len(rows) == sum(len(r) for r in results) and "counts" in rows[0]["segmentation"]
     assert dataset.evaluate(emptied, metric="segm")["segm_mAP"] == 0.0
 
 

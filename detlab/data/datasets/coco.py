@@ -276,7 +276,8 @@ class CocoDataset(CustomDataset):
         ``metric`` is ``'bbox'``, ``'segm'``, ``'proposal'``, ``'proposal_fast'`` or a list of
         them; the other arguments are MMDetection 2.x's and go to
         :func:`detlab.evaluation.coco.coco_evaluate`; ``jsonfile_prefix`` also writes the
-        results to ``{prefix}.bbox.json``. ``'proposal_fast'`` is MMDetection's quick recall of
+        results to ``{prefix}.bbox.json`` (and ``{prefix}.segm.json`` with masks).
+        ``'proposal_fast'`` is MMDetection's quick recall of
         proposals, ``AR@{num}`` for each of ``proposal_nums`` averaged over ``iou_thrs``
         (default 0.5:0.95), see :func:`detlab.evaluation.proposals.fast_eval_recall`.
         """
@@ -291,6 +292,9 @@ class CocoDataset(CustomDataset):
             from detlab.evaluation.coco import dump_results
 
             dump_results(results, self.img_ids, self.cat_ids, f"{jsonfile_prefix}.bbox.json")
+            if any(r.masks is not None for r in results):  # MMDetection writes both
+                dump_results(results, self.img_ids, self.cat_ids,
+                             f"{jsonfile_prefix}.segm.json")
         out: dict[str, Any] = {}
         for name in metrics:
             if name == "proposal_fast":
