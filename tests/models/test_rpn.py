@@ -174,6 +174,26 @@ def test_training_proposals_match_mmdetection(rpn_pair):
         torch.testing.assert_close(a, e)
 
 
+def test_flip_test_matches_mmdetection(rpn_pair):
+    """Test-time augmentation (the image and its horizontal flip): MMDetection's ``aug_test``
+    (each augmentation's proposals mapped back, joined, NMS, the best max_per_img)."""
+    reference, ours = rpn_pair
+    images = _images(7)
+    metas, targets = metas_and_targets()
+    flipped = [dict(m, flip=True, flip_direction="horizontal") for m in metas]
+    flipped_images = images.flip(-1)  # (both images fill the batch's width: no padding moves)
+    metas = [dict(m, img_shape=(HEIGHT, WIDTH, 3), pad_shape=(HEIGHT, WIDTH, 3)) for m in metas]
+    flipped = [dict(m, img_shape=(HEIGHT, WIDTH, 3), pad_shape=(HEIGHT, WIDTH, 3))
+               for m in flipped]
+    with torch.no_grad():
+        expected = reference.aug_test([images, flipped_images],
+                                      [copy.deepcopy(metas), copy.deepcopy(flipped)],
+                                      rescale=True)
+    results = ours.predict_aug([Batch(images, targets, metas),
+                                Batch(flipped_images, targets, flipped)])
+    _compare_proposals([np.c_[r.boxes.numpy(), r.scores.numpy()] for r in results], expected)
+
+
 # ---- the head alone: softmax objectness, several convs, min_bbox_size --------------------------
 
 STRIDES = [8, 16]

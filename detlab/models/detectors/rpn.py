@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torchvision.ops import nms
 
 from detlab.config import ConfigError
 from detlab.models.detectors.single_stage import (
@@ -19,6 +20,7 @@ from detlab.models.detectors.single_stage import (
     _pretrained_arg,
     feature_stride_mismatch,
 )
+from detlab.models.heads.postprocess import boxes_to_original
 from detlab.models.heads.rpn_head import proposal_results
 from detlab.models.utils import thaw
 from detlab.registry import MODELS
@@ -118,7 +120,30 @@ class RPN(SingleStageDetector):
         """Each image's proposals (``test_cfg.rpn``) as detections of class 0, in
         original-image pixels with ``rescale``."""
         proposals = self.rpn_head.proposals(self._features(batch.images), batch.metas)
-        results = proposal_results(proposals, batch.metas, rescale)
+        return self._named(proposal_results(proposals, batch.metas, rescale))
+
+    @torch.no_grad()
+    def predict_aug(self, batches: Sequence[Batch]) -> list[DetResult]:
+        """Test-time augmentation (the tester's entry; ``batches``: the same images under each
+        augmentation, e.g. ``MultiScaleFlipAug``'s scales and flips), as MMDetection's
+        ``merge_aug_proposals``: each augmentation's proposals mapped back to the original image,
+        joined, NMS at ``test_cfg.rpn.nms.iou_threshold`` over all of them, the best
+        ``max_per_img``."""
+        cfg = self.rpn_head.test_cfg
+        per_aug = [self.rpn_head.proposals(self._features(b.images), b.metas) for b in batches]
+        merged = []
+        for i in range(len(batches[0].metas)):
+            metas = [b.metas[i] for b in batches]
+            rows = torch.cat([torch.cat([boxes_to_original(p[i][:, :4], m), p[i][:, 4:]], 1)
+                              for p, m in zip(per_aug, metas, strict=True)])
+            rows = rows[nms(rows[:, :4].contiguous(), rows[:, 4].contiguous(),
+                            float(cfg["nms"]["iou_threshold"]))]
+            order = rows[:, 4].sort(descending=True)[1][:cfg.get("max_per_img", len(rows))]
+            merged.append(rows[order])
+        # already in original-image pixels: the metas only name the images
+        return self._named(proposal_results(merged, batches[0].metas, rescale=False))
+
+    def _named(self, results: list[DetResult]) -> list[DetResult]:
         classes = tuple(self.CLASSES) if self.CLASSES is not None else None
         for result in results:
             result.class_names = classes
