@@ -110,6 +110,8 @@ def _two_stage_overrides(model: Any, in_channels: int, channels: int, num_classe
                                                 for e in extractors]
         elif extractors is not None:
             options[f"model.roi_head.{key}.out_channels"] = in_channels
+            if "output_channels" in extractors.get("roi_layer", {}):  # deformable RoI pooling
+                options[f"model.roi_head.{key}.roi_layer.output_channels"] = in_channels
     for key in ("bbox_head", "mask_head"):
         heads = roi.get(key)
         if isinstance(heads, (list, tuple)):

@@ -485,3 +485,100 @@ def test_generic_roi_extractor_matches_mmdetection(aggregation):
         torch.testing.assert_close(ours(feats, rois), reference(feats, rois))
         torch.testing.assert_close(ours(feats, rois, roi_scale_factor=1.5),
                                    reference(feats, rois, roi_scale_factor=1.5))
+
+
+# ---- deformable RoI pooling (the dpool / mdpool configs) ---------------------------------------
+
+def _reference_deform_roi_pool(feats, rois, offset, size, scale, ratio, gamma):
+    """mmcv's deform_roi_pool kernel, element by element, from its definition."""
+    import math
+
+    def bilinear(plane, y, x):
+        height, width = plane.shape
+        if y < -1.0 or y > height or x < -1.0 or x > width:
+            return 0.0
+        y, x = max(y, 0.0), max(x, 0.0)
+        y_low, x_low = int(y), int(x)
+        if y_low >= height - 1:
+            y_high = y_low = height - 1
+            y = float(y_low)
+        else:
+            y_high = y_low + 1
+        if x_low >= width - 1:
+            x_high = x_low = width - 1
+            x = float(x_low)
+        else:
+            x_high = x_low + 1
+        ly, lx = y - y_low, x - x_low
+        hy, hx = 1 - ly, 1 - lx
+        return (hy * hx * plane[y_low, x_low] + hy * lx * plane[y_low, x_high]
+                + ly * hx * plane[y_high, x_low] + ly * lx * plane[y_high, x_high])
+
+    out = torch.zeros(len(rois), feats.shape[1], size, size, dtype=torch.float64)
+    for n, (b, x1, y1, x2, y2) in enumerate(rois.double().tolist()):
+        sw, sh = x1 * scale - 0.5, y1 * scale - 0.5
+        rw, rh = x2 * scale - 0.5 - sw, y2 * scale - 0.5 - sh
+        gh = ratio if ratio > 0 else math.ceil(rh / size)
+        gw = ratio if ratio > 0 else math.ceil(rw / size)
+        for c in range(feats.shape[1]):
+            plane = feats[int(b), c].double()
+            for ph in range(size):
+                for pw in range(size):
+                    x0, y0 = sw, sh
+                    if offset is not None:
+                        x0 += gamma * rw * float(offset[n, 0, ph, pw])
+                        y0 += gamma * rh * float(offset[n, 1, ph, pw])
+                    total = 0.0
+                    for iy in range(gh):
+                        y = y0 + ph * rh / size + (iy + 0.5) * (rh / size) / gh
+                        for ix in range(gw):
+                            x = x0 + pw * rw / size + (ix + 0.5) * (rw / size) / gw
+                            total += float(bilinear(plane, y, x))
+                    out[n, c, ph, pw] = total / max(gh * gw, 1)
+    return out.float()
+
+
+@pytest.mark.parametrize("ratio", [0, 2])
+def test_deform_roi_pool_is_mmcvs_kernel(ratio):
+    from torchvision.ops import roi_align
+
+    from detlab.models.roi_heads.deform_roi_pool import deform_roi_pool
+
+    gen = torch.Generator().manual_seed(0)
+    feats = torch.randn(2, 3, 12, 16, generator=gen)
+    rois = torch.tensor([[0, 4.0, 6.0, 40.0, 30.0], [1, -6.0, 2.0, 20.0, 50.0],
+                         [1, 30.0, 20.0, 70.0, 47.0], [0, 10.0, 10.0, 10.5, 11.0]])
+    offset = torch.randn(4, 2, 3, 3, generator=gen)
+    torch.testing.assert_close(deform_roi_pool(feats, rois, None, 3, 0.25, ratio),
+                               roi_align(feats, rois, 3, 0.25, ratio, aligned=True))
+    torch.testing.assert_close(deform_roi_pool(feats, rois, offset, 3, 0.25, ratio, 0.1),
+                               _reference_deform_roi_pool(feats, rois, offset, 3, 0.25, ratio,
+                                                          0.1), rtol=1e-5, atol=1e-5)
+
+
+def test_deform_roi_pool_packs_are_mmcvs():
+    """mmcv's parameter names and shapes; untrained, the packs pool as RoIAlign (the
+    modulated one at half weight); the offset and mask fcs get gradients."""
+    import_mmdet()
+    from mmcv.ops import DeformRoIPoolPack as MmcvPack
+    from mmcv.ops import ModulatedDeformRoIPoolPack as MmcvModulated
+    from torchvision.ops import roi_align
+
+    from detlab.models.roi_heads.deform_roi_pool import (
+        DeformRoIPoolPack,
+        ModulatedDeformRoIPoolPack,
+    )
+
+    feats = torch.randn(1, 4, 10, 10, generator=torch.Generator().manual_seed(1))
+    rois = torch.tensor([[0, 2.0, 3.0, 30.0, 25.0], [0, 10.0, 0.0, 38.0, 39.0]])
+    plain = roi_align(feats, rois, 3, 0.25, 0, aligned=True)
+    for ours, theirs, factor in ((DeformRoIPoolPack(3, 4, 8, 0.25), MmcvPack(3, 4, 8, 0.25), 1),
+                                 (ModulatedDeformRoIPoolPack(3, 4, 8, 0.25),
+                                  MmcvModulated(3, 4, 8, 0.25), 0.5)):
+        assert {k: v.shape for k, v in ours.state_dict().items()} == \
+            {k: v.shape for k, v in theirs.state_dict().items()}
+        torch.testing.assert_close(ours(feats, rois), plain * factor)
+        with torch.no_grad():
+            ours.offset_fc[-1].weight.normal_(0, 0.1)
+        ours(feats, rois).sum().backward()
+        assert ours.offset_fc[0].weight.grad.abs().sum() > 0

@@ -5,8 +5,9 @@ every level, summed or concatenated (``GenericRoIExtractor``, GRoIE).
 RoIs are ``(K, 5)`` rows ``(image index, x1, y1, x2, y2)`` in input-image pixels (see
 :func:`boxes_to_rois`). The pooling layers are :func:`torchvision.ops.roi_align` /
 :func:`torchvision.ops.roi_pool`, configured as mmcv's ``RoIAlign`` / ``RoIPool`` are
-(``roi_layer=dict(type='RoIAlign', output_size=7, sampling_ratio=0, aligned=True)``); they have
-no parameters, so the state_dict is MMDetection's.
+(``roi_layer=dict(type='RoIAlign', output_size=7, sampling_ratio=0, aligned=True)``), and the
+deformable RoI pooling of :mod:`~detlab.models.roi_heads.deform_roi_pool` (``DeformRoIPoolPack``,
+``ModulatedDeformRoIPoolPack``: offset / mask fcs under mmcv's names).
 """
 
 from __future__ import annotations
@@ -21,6 +22,11 @@ from torchvision.ops import roi_align, roi_pool
 
 from detlab.config import ConfigError, did_you_mean
 from detlab.models.init import initialize
+from detlab.models.roi_heads.deform_roi_pool import (
+    DeformRoIPool,
+    DeformRoIPoolPack,
+    ModulatedDeformRoIPoolPack,
+)
 from detlab.models.utils import ConvModule, thaw
 from detlab.registry import MODELS, UnknownTypeError
 
@@ -91,7 +97,10 @@ class RoIPool(nn.Module):
         return f"output_size={self.output_size}, spatial_scale={self.spatial_scale}"
 
 
-ROI_LAYERS: dict[str, type[nn.Module]] = {"RoIAlign": RoIAlign, "RoIPool": RoIPool}
+ROI_LAYERS: dict[str, type[nn.Module]] = {
+    "RoIAlign": RoIAlign, "RoIPool": RoIPool, "DeformRoIPool": DeformRoIPool,
+    "DeformRoIPoolPack": DeformRoIPoolPack,
+    "ModulatedDeformRoIPoolPack": ModulatedDeformRoIPoolPack}
 
 
 def build_roi_layers(layer_cfg: Mapping[str, Any], featmap_strides: Sequence[int],
