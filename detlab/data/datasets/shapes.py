@@ -9,6 +9,11 @@ test or a notebook::
     paths = make_shapes_dataset('data/shapes', num_train=300, num_val=60)
     # paths['data_root'] = 'data/shapes/', paths['train_ann_file'], paths['train_img_prefix'] ...
 
+Every annotation's ``segmentation`` is its shape's outline polygon (the whole shape, as its box
+is), so the data trains instance segmentation too: load it with
+``LoadAnnotations(with_bbox=True, with_mask=True)`` as
+``configs/quickstart/mask_rcnn_r18_fpn_shapes.py`` does.
+
 Layout of ``out_dir``::
 
     annotations/instances_train.json   annotations/instances_val.json
