@@ -582,3 +582,40 @@ def test_deform_roi_pool_packs_are_mmcvs():
             ours.offset_fc[-1].weight.normal_(0, 0.1)
         ours(feats, rois).sum().backward()
         assert ours.offset_fc[0].weight.grad.abs().sum() > 0
+
+
+# ---- the tutorial's way of writing a new RoI head ------------------------------------------------
+
+def test_subclass_overriding_bbox_forward_trains_and_predicts():
+    """MMDetection's tutorial writes a RoI head by subclassing StandardRoIHead and overriding
+    ``_bbox_forward(x, rois)`` (its Double-Head pools the RoIs twice, the second time enlarged
+    by ``roi_scale_factor``); the subclass trains and predicts through the rest unchanged."""
+    from detlab.models.roi_heads import StandardRoIHead
+
+    class TwoScaleRoIHead(StandardRoIHead):
+        def __init__(self, reg_roi_scale_factor, **kwargs):
+            super().__init__(**kwargs)
+            self.reg_roi_scale_factor = reg_roi_scale_factor
+
+        def _bbox_forward(self, x, rois):
+            extractor = self.bbox_roi_extractor
+            cls_feats = extractor(x[:extractor.num_inputs], rois)
+            reg_feats = extractor(x[:extractor.num_inputs], rois,
+                                  roi_scale_factor=self.reg_roi_scale_factor)
+            if self.with_shared_head:
+                cls_feats, reg_feats = self.shared_head(cls_feats), self.shared_head(reg_feats)
+            cls_score, _ = self.bbox_head(cls_feats)
+            _, bbox_pred = self.bbox_head(reg_feats)
+            return dict(cls_score=cls_score, bbox_pred=bbox_pred, bbox_feats=cls_feats)
+
+    head, train, test = _roi_head_cfg()
+    head.pop("type")
+    torch.manual_seed(0)
+    roi_head = TwoScaleRoIHead(reg_roi_scale_factor=1.3, train_cfg=train, test_cfg=test, **head)
+    feats, metas, targets = _feats(), _metas(), _targets()
+    losses = roi_head.train().loss(feats, _proposals(targets), targets, metas)
+    assert losses["loss_cls"] > 0 and losses["loss_bbox"] > 0
+    sum(v for k, v in losses.items() if k.startswith("loss")).backward()
+    assert all(p.grad is not None for p in roi_head.parameters())
+    results = roi_head.eval().predict(feats, _proposals(targets), metas)
+    assert len(results) == 2 and all(len(r) > 0 for r in results)
