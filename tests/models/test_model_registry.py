@@ -451,6 +451,31 @@ def run_stage_cascade_rpn_head(module):
     assert len(module.proposals_from_anchors(refined, cls_scores, bbox_preds, batch.metas)) == 2
 
 
+GA_RPN_HEAD = dict(
+    in_channels=8, feat_channels=8,
+    approx_anchor_generator=dict(type="AnchorGenerator", octave_base_scale=4,
+                                 scales_per_octave=1, ratios=[0.5, 1.0, 2.0], strides=[8, 16]),
+    square_anchor_generator=dict(type="AnchorGenerator", ratios=[1.0], scales=[4],
+                                 strides=[8, 16]),
+    train_cfg=dict(RPN_TRAIN_CFG, allowed_border=-1,
+                   ga_assigner=dict(type="ApproxMaxIoUAssigner", pos_iou_thr=0.7,
+                                    neg_iou_thr=0.3, min_pos_iou=0.3, ignore_iof_thr=-1),
+                   ga_sampler=dict(type="RandomSampler", num=32, pos_fraction=0.5,
+                                   neg_pos_ub=-1, add_gt_as_proposals=False),
+                   center_ratio=0.2, ignore_ratio=0.5),
+    test_cfg=dict(RPN_TEST_CFG, nms_post=20))
+
+
+def run_ga_rpn_head(module):
+    feats = [torch.randn(2, 8, 4, 4), torch.randn(2, 8, 2, 2)]
+    batch = _batch()
+    losses = module.loss_by_feats(feats, batch.targets, batch.metas)
+    assert set(losses) == {"loss_rpn_cls", "loss_rpn_bbox", "loss_anchor_shape",
+                           "loss_anchor_loc"} and losses["loss_rpn_bbox"] > 0
+    sum(losses.values()).backward()
+    assert len(module.eval().proposals(feats, batch.metas)) == 2
+
+
 COMPONENTS = {
     "ResNet": (dict(depth=18, frozen_stages=-1), run_resnet),
     "FPN": (dict(in_channels=[4, 8], out_channels=8, num_outs=4, add_extra_convs="on_input"),
@@ -892,6 +917,8 @@ COMPONENTS = {
                             run_stage_cascade_rpn_head),
     "CascadeRPNHead": (dict(num_stages=2, stages=CRPN_STAGES, train_cfg=CRPN_TRAIN_CFG,
                             test_cfg=RPN_TEST_CFG), run_cascade_rpn_head),
+    # Guided-anchoring RPN
+    "GARPNHead": (GA_RPN_HEAD, run_ga_rpn_head),
 }
 
 

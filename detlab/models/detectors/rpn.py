@@ -53,8 +53,8 @@ class RPN(SingleStageDetector):
     Args:
         backbone: config or module.
         neck: config or module (or None).
-        rpn_head: config or module (an ``RPNHead``, or a ``CascadeRPNHead`` whose
-            ``train_cfg.rpn`` is a list, one per stage); gets ``train_cfg.rpn`` and
+        rpn_head: config or module (an ``RPNHead``, a ``GARPNHead``, or a ``CascadeRPNHead``
+            whose ``train_cfg.rpn`` is a list, one per stage); gets ``train_cfg.rpn`` and
             ``test_cfg.rpn``. It offers ``loss_by_feats(feats, targets, metas)`` and
             ``proposals(feats, metas)``.
         train_cfg: ``dict(rpn=dict(assigner=..., sampler=..., allowed_border, pos_weight,

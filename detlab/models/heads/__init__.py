@@ -189,3 +189,7 @@ __all__ += ["AscendRetinaHead", "AscendSSDHead"]
 from detlab.models.heads.cascade_rpn_head import CascadeRPNHead, StageCascadeRPNHead  # noqa: E402
 
 __all__ += ["CascadeRPNHead", "StageCascadeRPNHead"]
+
+from detlab.models.heads.ga_rpn_head import GARPNHead  # noqa: E402
+
+__all__ += ["GARPNHead"]

@@ -383,6 +383,10 @@ class GuidedAnchorHead(AnchorHead):
             sizes, dtype=torch.float32, device=device))
         inside = torch.stack([self._inside_flags(approxs, sizes, m) for m in metas])
 
+        # the shape targets first: with random samplers for both, MMDetection draws the shape
+        # samples before the box samples
+        shapes = [self.shape_targets_per_image(squares, approxs, inside[i], gt)
+                  for i, gt in enumerate(gts)]
         shape_rows = levels_to_rows(shape_preds, 2)  # (B, A, 2)
         guided = torch.stack([self.guided_anchors(squares, rows) for rows in shape_rows])
         t = self.box_targets(guided, inside, [len(s) for s in square_levels], gts, metas)
@@ -390,8 +394,6 @@ class GuidedAnchorHead(AnchorHead):
         reg_rows = levels_to_rows(bbox_preds, 4)
         losses = self.loss_by_targets(cls_rows, reg_rows, guided, t)
 
-        shapes = [self.shape_targets_per_image(squares, approxs, inside[i], gt)
-                  for i, gt in enumerate(gts)]
         anchors, boxes, weights, num_pos, num_neg = zip(*shapes, strict=True)
         total = sum(max(n, 1) for n in num_pos)
         if self.ga_sampling:

@@ -135,12 +135,7 @@ class RPNHead(AnchorHead):
                       num_images: int, device: torch.device) -> list[GroundTruth]:
         """Each image's boxes, all of class 0 (proposals know no classes; a target's
         ``labels``, if any, are not read)."""
-        agnostic = []
-        for target in targets:
-            boxes = target.get("boxes")
-            count = 0 if boxes is None else int(boxes.reshape(-1, 4).shape[0])
-            agnostic.append({**target, "labels": torch.zeros(count, dtype=torch.long)})
-        return unpack_targets(agnostic, metas, num_images, 1, device)
+        return class_agnostic_truths(targets, metas, num_images, device)
 
     def loss(self, raw: RawOutputs, targets: Sequence[Mapping],
              metas: Sequence[Mapping]) -> dict[str, torch.Tensor]:
@@ -238,6 +233,18 @@ class RPNHead(AnchorHead):
         """Each image's proposals as detections of class 0 (``test_cfg``), in original-image
         pixels with ``rescale`` (un-flipped, divided by ``scale_factor``), else input pixels."""
         return proposal_results(self.proposals_by_feat(raw[0], raw[1], metas), metas, rescale)
+
+
+def class_agnostic_truths(targets: Sequence[Mapping], metas: Sequence[Mapping], num_images: int,
+                          device: torch.device) -> list[GroundTruth]:
+    """Each image's ground truth (see :func:`unpack_targets`) with every box of class 0: a
+    proposal head's objects, whatever the targets' ``labels``."""
+    agnostic = []
+    for target in targets:
+        boxes = target.get("boxes")
+        count = 0 if boxes is None else int(boxes.reshape(-1, 4).shape[0])
+        agnostic.append({**target, "labels": torch.zeros(count, dtype=torch.long)})
+    return unpack_targets(agnostic, metas, num_images, 1, device)
 
 
 def proposal_results(proposals: Sequence[torch.Tensor], metas: Sequence[Mapping],
