@@ -43,7 +43,7 @@ def test_detlab_config_is_mmdetections():
 
 
 def _roi_head_cfg(bbox_head=None, roi_layer=None, test_nms=None, extractor=None,
-                  shared_head=None, sampler=None):
+                  shared_head=None, sampler=None, roi_head=None):
     """The zoo config's roi_head, train_cfg.rcnn and test_cfg.rcnn, made small."""
     cfg = load_mmdet_config(FASTER).model
     head = copy.deepcopy(cfg.roi_head.to_dict() if hasattr(cfg.roi_head, "to_dict")
@@ -59,6 +59,8 @@ def _roi_head_cfg(bbox_head=None, roi_layer=None, test_nms=None, extractor=None,
         head["bbox_roi_extractor"].update(extractor)
     if shared_head is not None:
         head["shared_head"] = shared_head
+    if roi_head is not None:
+        head.update(roi_head)
     train = copy.deepcopy(dict(cfg.train_cfg.rcnn))
     train["sampler"] = dict(train["sampler"], num=64, **(sampler or {}))
     test = copy.deepcopy(dict(cfg.test_cfg.rcnn))
@@ -246,6 +248,21 @@ def test_c4_shared_head_matches_mmdetection():
     assert "shared_head.layer2.0.conv1.weight" in ours.state_dict()
     compare_roi_losses(reference, ours, channels=64)
     compare_roi_detections(reference, ours, channels=64)
+
+
+def test_double_head_matches_mmdetection():
+    """Double-Head R-CNN (dh_faster_rcnn): fcs classify the RoIs, convs regress them from the
+    RoIs enlarged 1.3 times; MMDetection's losses and detections with its weights."""
+    reference, ours = build_roi_pair(
+        roi_head=dict(type="DoubleHeadRoIHead", reg_roi_scale_factor=1.3),
+        bbox_head=dict(type="DoubleConvFCBBoxHead", num_convs=2, num_fcs=2,
+                       conv_out_channels=32, fc_out_channels=32,
+                       loss_cls=dict(type="CrossEntropyLoss", use_sigmoid=False,
+                                     loss_weight=2.0),
+                       loss_bbox=dict(type="SmoothL1Loss", beta=1.0, loss_weight=2.0)))
+    assert type(ours).__name__ == "DoubleHeadRoIHead"
+    compare_roi_losses(reference, ours)
+    compare_roi_detections(reference, ours)
 
 
 def test_ohem_sampler_matches_mmdetection():

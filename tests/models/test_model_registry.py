@@ -476,6 +476,21 @@ def run_ga_rpn_head(module):
     assert len(module.eval().proposals(feats, batch.metas)) == 2
 
 
+DOUBLE_BBOX_HEAD = dict(in_channels=8, roi_feat_size=4, num_classes=2, num_convs=1, num_fcs=1,
+                        conv_out_channels=8, fc_out_channels=8)
+
+
+def run_double_bbox_head(module):
+    x = torch.randn(5, 8, 4, 4)
+    cls_score, bbox_pred = module(x, x * 1.5)
+    labels = torch.tensor([0, 1, 2, 2, 1])  # 2: background
+    weights = torch.ones(5, 4) * (labels < 2)[:, None]
+    rois = torch.cat([torch.zeros(5, 1), _boxes(5)], dim=1)
+    losses = module.loss(cls_score, bbox_pred, rois, labels, torch.ones(5), torch.randn(5, 4),
+                         weights)
+    sum(v for k, v in losses.items() if k.startswith("loss")).backward()
+
+
 COMPONENTS = {
     "ResNet": (dict(depth=18, frozen_stages=-1), run_resnet),
     "FPN": (dict(in_channels=[4, 8], out_channels=8, num_outs=4, add_extra_convs="on_input"),
@@ -884,6 +899,12 @@ COMPONENTS = {
                                        rcnn=RCNN_TRAIN_CFG),
                         test_cfg=dict(rpn=RPN_TEST_CFG, rcnn=RCNN_TEST_CFG)),
                    lambda module: run_two_stage_detector(module)),
+    "DoubleConvFCBBoxHead": (DOUBLE_BBOX_HEAD, lambda module: run_double_bbox_head(module)),
+    "DoubleHeadRoIHead": (dict({k: v for k, v in ROI_HEAD.items() if k != "type"},
+                               reg_roi_scale_factor=1.3,
+                               bbox_head=dict(DOUBLE_BBOX_HEAD, type="DoubleConvFCBBoxHead"),
+                               train_cfg=RCNN_TRAIN_CFG, test_cfg=RCNN_TEST_CFG),
+                          lambda module: run_roi_head(module)),
     "GenericRoIExtractor": (dict(ROI_EXTRACTOR, aggregation="sum",
                                  pre_cfg=dict(type="ConvModule", in_channels=8, out_channels=8,
                                               kernel_size=3, padding=1, inplace=False),

@@ -12,16 +12,20 @@
 - Shared heads (:mod:`~detlab.models.roi_heads.shared_heads`): ``ResLayer`` (ResNet's last
   stage on the pooled RoIs, C4 models).
 - Box heads (:mod:`~detlab.models.roi_heads.bbox_heads`): ``BBoxHead``, ``ConvFCBBoxHead``,
-  ``Shared2FCBBoxHead``, ``Shared4Conv1FCBBoxHead``.
+  ``Shared2FCBBoxHead``, ``Shared4Conv1FCBBoxHead``, ``DoubleConvFCBBoxHead``.
+- :class:`DoubleHeadRoIHead` -- Double-Head R-CNN: ``_bbox_forward`` overridden to pool the
+  regression RoIs enlarged (the way MMDetection's tutorial writes a new RoI head).
 """
 
 from detlab.models.roi_heads.base_roi_head import BaseRoIHead
 from detlab.models.roi_heads.bbox_heads import (
     BBoxHead,
     ConvFCBBoxHead,
+    DoubleConvFCBBoxHead,
     Shared2FCBBoxHead,
     Shared4Conv1FCBBoxHead,
 )
+from detlab.models.roi_heads.double_roi_head import DoubleHeadRoIHead
 from detlab.models.roi_heads.roi_extractors import (
     GenericRoIExtractor,
     SingleRoIExtractor,
@@ -30,7 +34,8 @@ from detlab.models.roi_heads.roi_extractors import (
 from detlab.models.roi_heads.shared_heads import ResLayer
 from detlab.models.roi_heads.standard_roi_head import StandardRoIHead, mask_heads_available
 
-__all__ = ["BBoxHead", "BaseRoIHead", "ConvFCBBoxHead", "GenericRoIExtractor", "ResLayer",
+__all__ = ["BBoxHead", "BaseRoIHead", "ConvFCBBoxHead", "DoubleConvFCBBoxHead",
+           "DoubleHeadRoIHead", "GenericRoIExtractor", "ResLayer",
            "Shared2FCBBoxHead", "Shared4Conv1FCBBoxHead", "SingleRoIExtractor",
            "StandardRoIHead", "boxes_to_rois"]
 

@@ -6,5 +6,7 @@ from detlab.models.roi_heads.bbox_heads.convfc_bbox_head import (
     Shared2FCBBoxHead,
     Shared4Conv1FCBBoxHead,
 )
+from detlab.models.roi_heads.bbox_heads.double_bbox_head import DoubleConvFCBBoxHead
 
-__all__ = ["BBoxHead", "ConvFCBBoxHead", "Shared2FCBBoxHead", "Shared4Conv1FCBBoxHead"]
+__all__ = ["BBoxHead", "ConvFCBBoxHead", "DoubleConvFCBBoxHead", "Shared2FCBBoxHead",
+           "Shared4Conv1FCBBoxHead"]
