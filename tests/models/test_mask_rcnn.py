@@ -458,3 +458,26 @@ def test_results_pkl_keeps_masks(tmp_path):
     torch.testing.assert_close(back[0].boxes, boxes)
     assert back[0].labels.tolist() == [2, 0, 2] and torch.equal(back[0].masks, masks)
     assert len(back[1]) == 0
+
+
+@pytest.mark.parametrize("direction", ["horizontal", "vertical", "diagonal"])
+def test_flipped_input_gives_the_mirrored_masks(mask_rcnn_pair, direction):
+    """A test-time flip: predicting a flipped input whose meta says so gives the detections of
+    the same input taken as unflipped, mirrored back -- boxes and masks (the RoIs are taken in
+    the flipped input, the pasted masks mirrored back)."""
+    from detlab.structures import flip_boxes
+
+    _, ours = mask_rcnn_pair
+    images = torch.randn(1, 3, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(2))
+    meta = _metas()[0]
+    (plain,) = ours.predict(Batch(images, [{}], [meta]), rescale=True)
+    (flipped,) = ours.predict(Batch(images, [{}], [dict(meta, flip=True,
+                                                        flip_direction=direction)]),
+                              rescale=True)
+    assert len(plain) == len(flipped) > 5
+    torch.testing.assert_close(flipped.boxes, flip_boxes(plain.boxes, meta["ori_shape"],
+                                                         direction), rtol=0, atol=1e-3)
+    dims = {"horizontal": (-1,), "vertical": (-2,), "diagonal": (-2, -1)}[direction]
+    mirrored = plain.masks.flip(dims)
+    assert mirrored.any()
+    assert (flipped.masks != mirrored).float().mean() < 1e-3

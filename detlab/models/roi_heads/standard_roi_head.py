@@ -25,7 +25,7 @@ from detlab.models.heads.postprocess import result_meta
 from detlab.models.roi_heads.base_roi_head import BaseRoIHead
 from detlab.models.roi_heads.roi_extractors import boxes_to_rois
 from detlab.registry import MODELS
-from detlab.structures import DetResult
+from detlab.structures import DetResult, flip_boxes
 
 MASK_HEADS = "detlab.models.roi_heads.mask_heads"
 
@@ -36,6 +36,20 @@ def _scale_factor(meta: Mapping, device: torch.device) -> torch.Tensor:
     scale = torch.as_tensor(np.asarray(meta.get("scale_factor", 1.0), dtype=np.float32),
                             device=device).reshape(-1)
     return scale.expand(4) if scale.numel() == 1 else scale
+
+
+# the mask dimensions a flip mirrors, by flip direction
+_FLIP_DIMS = {"horizontal": (-1,), "vertical": (-2,), "diagonal": (-2, -1)}
+
+
+def _input_boxes(boxes: torch.Tensor, scale: torch.Tensor, meta: Mapping) -> torch.Tensor:
+    """``(n, 4)`` xyxy detections of the original image brought back to the input's pixels
+    (times the scale factor, as MMDetection's ``simple_test_mask``), and into a flipped input's
+    frame when the input was flipped (a test-time flip: the boxes were un-flipped)."""
+    boxes = boxes * scale
+    if meta.get("flip"):
+        boxes = flip_boxes(boxes, meta["img_shape"], meta.get("flip_direction") or "horizontal")
+    return boxes
 
 
 def _paste_size(meta: Mapping, scale: torch.Tensor, rescale: bool) -> tuple[int, int]:
@@ -223,11 +237,12 @@ class StandardRoIHead(BaseRoIHead):
         """The mask branch at test time (MMDetection's ``simple_test_mask``): the mask head on
         each image's detections (boxes brought back to input pixels when ``rescale`` put them
         in the original image's), pasted by ``mask_head.predict_masks`` into the original
-        image (``rescale``) or the input's size, into each DetResult's ``masks``."""
+        image (``rescale``; a flipped input's masks mirrored back, as its boxes are) or the
+        input's size, into each DetResult's ``masks``."""
         scale_factors = [_scale_factor(meta, d.device) for meta, d in zip(metas, det_bboxes,
                                                                           strict=True)]
-        boxes = [d[:, :4] * s if rescale else d[:, :4]
-                 for d, s in zip(det_bboxes, scale_factors, strict=True)]
+        boxes = [_input_boxes(d[:, :4], s, meta) if rescale else d[:, :4]
+                 for d, s, meta in zip(det_bboxes, scale_factors, metas, strict=True)]
         mask_preds: Sequence[torch.Tensor | None] = [None] * len(boxes)
         if any(len(b) for b in boxes):
             mask_pred = self._mask_forward(x, boxes_to_rois(boxes))["mask_pred"]
@@ -241,6 +256,8 @@ class StandardRoIHead(BaseRoIHead):
             else:
                 masks = self.mask_head.predict_masks(pred, image_boxes, labels, self.test_cfg,
                                                      meta["ori_shape"][:2], scale, rescale)
+                if rescale and meta.get("flip"):  # pasted as the input was: mirror back
+                    masks = masks.flip(_FLIP_DIMS[meta.get("flip_direction") or "horizontal"])
             out.append(dataclasses.replace(result, masks=masks))
         return out
 
