@@ -29,14 +29,18 @@ from detlab.structures import Batch, DetResult
 def merge_aug_results(per_aug: Sequence[DetResult], nms_iou: float = 0.5,
                       max_per_img: int = 100) -> DetResult:
     """One image's detections from several test-time augmentations (each already in original
-    image pixels), joined and de-duplicated by class-wise NMS."""
+    image pixels), joined and de-duplicated by class-wise NMS; the kept detections keep their
+    masks when every augmentation has masks."""
     first = per_aug[0]
     boxes = torch.cat([r.boxes for r in per_aug])
     scores = torch.cat([r.scores for r in per_aug])
     labels = torch.cat([r.labels for r in per_aug])
     keep = batched_nms(boxes, scores, labels, nms_iou)[:max_per_img]
-    return DetResult(boxes[keep], scores[keep], labels[keep], class_names=first.class_names,
-                     meta=dict(first.meta), image=first.image)
+    masks = None
+    if all(r.masks is not None for r in per_aug):
+        masks = torch.cat([r.masks for r in per_aug])[keep]
+    return DetResult(boxes[keep], scores[keep], labels[keep], masks=masks,
+                     class_names=first.class_names, meta=dict(first.meta), image=first.image)
 
 
 def _predict(model: nn.Module, batch: Batch | list[Batch], device: torch.device) -> list[DetResult]:
@@ -47,6 +51,7 @@ def _predict(model: nn.Module, batch: Batch | list[Batch], device: torch.device)
         return model.predict_aug(batches)
     per_aug = [model.predict(b) for b in batches]  # list over augs of lists over images
     test_cfg = getattr(model, "test_cfg", None) or {}
+    test_cfg = test_cfg.get("rcnn") or test_cfg  # a two-stage detector's final settings
     nms = (test_cfg.get("nms") or {}).get("iou_threshold", 0.5)
     max_per_img = test_cfg.get("max_per_img", 100)
     return [merge_aug_results(list(image_results), nms, max_per_img)

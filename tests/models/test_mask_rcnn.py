@@ -395,6 +395,13 @@ def test_trains_on_shapes_with_masks_and_reports_segm_map(shapes_root, tmp_path,
     assert out.is_file() and "segm_mAP" in capsys.readouterr().out
     assert main(["eval-metric", str(config_file), str(out), "--eval", "bbox", "segm"]) == 0
     assert "segm_mAP" in capsys.readouterr().out  # the masks went into results.pkl and back
+    # a flip test (MultiScaleFlipAug flip=True): the augmentations' detections merged, masks kept
+    from detlab.engine.tester import test as run_test
+
+    merged = run_test(str(config_file), run.checkpoint, eval=["segm"], progress=False,
+                      cfg_options={"data.test.pipeline.1.flip": True})
+    assert "segm_mAP" in merged
+    assert all(r.masks is not None and r.masks.shape[0] == len(r) for r in merged["results"])
     # inference keeps masks of the original image's size, and show_result draws them
     from detlab.inference import inference_detector, init_detector, show_result
 
