@@ -95,9 +95,12 @@ def _semantic_seg_of(sample: dict[str, Any], shape: tuple[int, int], index: int
 
 def _target_of(sample: dict[str, Any], shape: tuple[int, int], index: int
                ) -> dict[str, torch.Tensor]:
-    """The ground truth of a training sample, ``{}`` for a test sample."""
+    """The ground truth of a training sample, ``{}`` for a test sample; plus the sample's
+    ``proposals`` (``(n, 4)``, from ``LoadProposals``) when it has them."""
+    proposals = {} if sample.get("proposals") is None else {
+        "proposals": torch.as_tensor(np.asarray(sample["proposals"]), dtype=torch.float32)}
     if "gt_bboxes" not in sample:
-        return {}
+        return proposals
     boxes = torch.as_tensor(sample["gt_bboxes"], dtype=torch.float32).reshape(-1, 4)
     labels = sample.get("gt_labels", torch.zeros(len(boxes), dtype=torch.int64))
     ignore = sample.get("gt_bboxes_ignore", torch.zeros(0, 4))
@@ -110,7 +113,7 @@ def _target_of(sample: dict[str, Any], shape: tuple[int, int], index: int
                              f"{len(target['masks'])} masks")
     if sample.get("gt_semantic_seg") is not None:
         target["semantic_seg"] = _semantic_seg_of(sample, shape, index)
-    return target
+    return {**target, **proposals}
 
 
 def _collate_one(samples: Sequence[dict[str, Any]]) -> Batch:

@@ -215,7 +215,8 @@ def test_evaluate_checks_and_delegates(coco_file, monkeypatch):
     monkeypatch.setitem(sys.modules, "detlab.evaluation.coco",
                         types.SimpleNamespace(coco_evaluate=fake))
     results = [DetResult.empty(ds.CLASSES, img_id=i) for i in ds.img_ids]
-    with pytest.raises(ValueError, match=r"'mAP'.*\('bbox', 'segm', 'proposal'\)"):
+    with pytest.raises(ValueError,
+                       match=r"'mAP'.*\('bbox', 'segm', 'proposal', 'proposal_fast'\)"):
         ds.evaluate(results, metric="mAP")
     with pytest.raises(ValueError, match="5 images, got 4 results"):
         ds.evaluate(results[:4])

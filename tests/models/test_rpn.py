@@ -340,3 +340,99 @@ def test_trains_evaluates_and_saves_proposals_on_shapes(shapes_root, tmp_path):
     np.testing.assert_allclose(saved[0][:, 4], results[0].scores.numpy())
     again = load_results(str(out))
     torch.testing.assert_close(again[1].boxes, results[1].boxes)
+
+
+TINY_FAST_RCNN = dict(
+    _delete_=True, type="FastRCNN", backbone=TINY_RPN["backbone"], neck=TINY_RPN["neck"],
+    roi_head=dict(
+        type="StandardRoIHead",
+        bbox_roi_extractor=dict(type="SingleRoIExtractor", out_channels=16, featmap_strides=[8, 16],
+                                roi_layer=dict(type="RoIAlign", output_size=7, sampling_ratio=0)),
+        bbox_head=dict(type="Shared2FCBBoxHead", in_channels=16, fc_out_channels=32,
+                       roi_feat_size=7, num_classes=3,
+                       bbox_coder=dict(type="DeltaXYWHBBoxCoder", target_means=[0.0] * 4,
+                                       target_stds=[0.1, 0.1, 0.2, 0.2]),
+                       loss_cls=dict(type="CrossEntropyLoss", use_sigmoid=False),
+                       loss_bbox=dict(type="L1Loss", loss_weight=1.0))),
+    train_cfg=dict(rcnn=dict(
+        assigner=dict(type="MaxIoUAssigner", pos_iou_thr=0.5, neg_iou_thr=0.5, min_pos_iou=0.5,
+                      match_low_quality=False, ignore_iof_thr=-1),
+        sampler=dict(type="RandomSampler", num=64, pos_fraction=0.25, neg_pos_ub=-1,
+                     add_gt_as_proposals=True),
+        pos_weight=-1, debug=False)),
+    test_cfg=dict(rcnn=dict(score_thr=0.05, nms=dict(type="nms", iou_threshold=0.5),
+                            max_per_img=100)))
+
+
+def _with_proposals(pipeline: list, keys: list[str]) -> list:
+    """A quickstart pipeline that loads proposals (``LoadProposals`` after the image) and
+    collects them."""
+    out = [dict(step) for step in pipeline]
+    out.insert(1, dict(type="LoadProposals", num_max_proposals=100))
+    for i, step in enumerate(out):
+        if step["type"] == "Collect":
+            out[i] = dict(step, keys=keys)
+        if step["type"] == "MultiScaleFlipAug":
+            inner = [dict(s) for s in step["transforms"]]
+            inner.insert(-1, dict(type="ToTensor", keys=["proposals"]))
+            inner[-1] = dict(inner[-1], keys=keys)
+            out[i] = dict(step, transforms=inner)
+    return out
+
+
+def test_saved_proposals_train_and_test_a_fast_rcnn(shapes_root, tmp_path):
+    """An RPN's proposal files (``detlab test --out`` on the training and validation images)
+    as a Fast R-CNN's ``proposal_file``: read by the dataset, loaded by ``LoadProposals``,
+    carried by the batches, trained on and tested with."""
+    from conftest import tiny_config
+
+    from detlab.engine.setup import train
+    from detlab.engine.tester import test
+
+    rpn = train(tiny_config(shapes_root, epochs=1, model=TINY_RPN), work_dir=str(tmp_path / "rpn"),
+                seed=0, progress=False, validate=False)
+    files = {}
+    for split in ("train", "val"):
+        files[split] = str(tmp_path / f"{split}_proposals.pkl")
+        test(tiny_config(shapes_root, model=TINY_RPN), rpn.checkpoint, eval=[],
+             out=files[split], progress=False, cfg_options={
+                 "data.test.ann_file": f"annotations/instances_{split}.json",
+                 "data.test.img_prefix": f"{split}/"})
+    cfg = tiny_config(shapes_root, epochs=1, model=TINY_FAST_RCNN)
+    train_keys, test_keys = ["img", "proposals", "gt_bboxes", "gt_labels"], ["img", "proposals"]
+    cfg.merge_from_dict({
+        "data.train.pipeline": _with_proposals(cfg.data.train.pipeline, train_keys),
+        "data.train.proposal_file": files["train"],
+        **{f"data.{split}.{key}": value for split in ("val", "test") for key, value in (
+            ("pipeline", _with_proposals(cfg.data.test.pipeline, test_keys)),
+            ("proposal_file", files["val"]))}})
+    run = train(cfg, work_dir=str(tmp_path / "fast"), seed=0, progress=False, validate=False)
+    output = test(cfg, run.checkpoint, eval=["bbox"], progress=False)
+    assert 0 <= output["bbox_mAP"] <= 1 and len(output["results"]) == 4
+
+
+def test_proposal_file_follows_the_kept_images(shapes_root, tmp_path):
+    """``proposal_file`` holds one array per image of the annotation file; the images the
+    training filters drop take their proposals with them; a wrong count is named."""
+    import pickle
+
+    from detlab.data import build_dataset
+
+    ann = f"{shapes_root}/annotations/instances_train.json"
+    every = build_dataset(dict(type="CocoDataset", ann_file=ann, pipeline=[], test_mode=True,
+                               img_prefix=f"{shapes_root}/train/"))
+    path = tmp_path / "proposals.pkl"
+    # image i's proposal: a box at (i, i)
+    path.write_bytes(pickle.dumps([np.array([[i, i, i + 9, i + 9, 0.5]], np.float32)
+                                   for i in range(len(every))]))
+    kept = build_dataset(dict(type="CocoDataset", ann_file=ann, pipeline=[], classes=("circle",),
+                              img_prefix=f"{shapes_root}/train/", proposal_file=str(path)))
+    assert 0 < len(kept) < len(every)  # images without a circle are dropped
+    original = [info["id"] for info in every.data_infos]
+    for info, proposals in zip(kept.data_infos, kept.proposals, strict=True):
+        assert proposals[0, 0] == original.index(info["id"])
+    assert kept.prepare_train_img(0)["proposals"] is kept.proposals[0]
+    path.write_bytes(pickle.dumps([np.zeros((1, 5), np.float32)]))
+    with pytest.raises(ValueError, match=f"one array of proposals per image.*{len(every)}"):
+        build_dataset(dict(type="CocoDataset", ann_file=ann, pipeline=[], test_mode=True,
+                           img_prefix=f"{shapes_root}/train/", proposal_file=str(path)))

@@ -245,7 +245,10 @@ class CustomDataset(Dataset):
             ``proposal_file`` are joined to.
         img_prefix: folder of the images (joined to each image's ``filename``).
         seg_prefix: folder of semantic segmentation maps.
-        proposal_file: precomputed proposals (not supported yet).
+        proposal_file: precomputed proposals: a ``.pkl`` of one ``(n, 4)`` or ``(n, 5)``
+            array per image of the annotation file, in its order (what ``detlab test --out``
+            writes for an RPN); each sample then carries its ``proposals`` for the
+            ``LoadProposals`` transform (Fast R-CNN).
         test_mode: keep every image and skip annotations in samples.
         filter_empty_gt: at training time, drop images without any box (ignored ones count) of
             the classes. Images whose shorter side is under 32 pixels are dropped at training
@@ -278,16 +281,14 @@ class CustomDataset(Dataset):
         self.img_prefix = _join_root(data_root, img_prefix)
         self.seg_prefix = _join_root(data_root, seg_prefix)
         self.proposal_file = _join_root(data_root, proposal_file)
-        if self.proposal_file is not None:
-            raise NotImplementedError(
-                f"proposal_file={self.proposal_file!r}: precomputed proposals are not supported "
-                "yet; remove proposal_file from the dataset config")
         self.test_mode = test_mode
         self.filter_empty_gt = filter_empty_gt
         self.CLASSES = self.get_classes(classes)
         if not os.path.exists(self.ann_file):
             raise FileNotFoundError(self._missing_ann_file_message())
         self.data_infos: list[dict] = self.load_annotations(self.ann_file)
+        self.proposals = None if self.proposal_file is None \
+            else self.load_proposals(self.proposal_file)
         if getattr(self, "cat_ids", None) is None:
             # the category ids of to_coco(); a format with ids of its own (COCO) sets them
             self.cat_ids = list(range(1, len(self.CLASSES or ()) + 1))
@@ -425,9 +426,12 @@ class CustomDataset(Dataset):
         return np.flatnonzero(sizes_ok & has_gt).tolist()
 
     def _drop_untrainable(self) -> None:
-        """Keep the images of :meth:`_filter_imgs`; an error if none is left."""
+        """Keep the images of :meth:`_filter_imgs` (and their proposals); an error if none is
+        left."""
         keep = self._filter_imgs()
         self.data_infos = [self.data_infos[i] for i in keep]
+        if self.proposals is not None:
+            self.proposals = [self.proposals[i] for i in keep]
         if not self.data_infos:
             raise ValueError(self._empty_message())
 
@@ -498,6 +502,28 @@ class CustomDataset(Dataset):
                                 scale_ranges=scale_ranges, classwise=classwise,
                                 iou_thrs=iou_thrs, metric_items=metric_items)
 
+    def load_proposals(self, proposal_file: str) -> list[np.ndarray]:
+        """The precomputed proposals of ``proposal_file`` (``data.*.proposal_file``): one
+        ``(n, 4)`` or ``(n, 5)`` float32 array per image of the annotation file. The pickle is
+        read with :func:`detlab.safe_pickle.load` (lists and arrays only)."""
+        where = f"proposal_file={proposal_file!r}"
+        if not os.path.isfile(proposal_file):
+            raise FileNotFoundError(f"{where} does not exist; write one with detlab test "
+                                    f"<rpn config> <checkpoint> --out {proposal_file}")
+        raw = safe_pickle.load(proposal_file)
+        if not isinstance(raw, (list, tuple)) or len(raw) != len(self.data_infos):
+            count = len(raw) if isinstance(raw, (list, tuple)) else type(raw).__name__
+            raise ValueError(f"{where} must hold one array of proposals per image of "
+                             f"{self.ann_file!r} ({len(self.data_infos)}), got {count}")
+        proposals = []
+        for i, found in enumerate(raw):
+            array = np.asarray(found, dtype=np.float32)
+            if array.ndim != 2 or array.shape[1] not in (4, 5):
+                raise ValueError(f"{where}: image {i}'s proposals must be (n, 4) or (n, 5), "
+                                 f"got shape {array.shape}")
+            proposals.append(array)
+        return proposals
+
     # ---- samples ---------------------------------------------------------------------------
 
     def __len__(self) -> int:
@@ -521,12 +547,16 @@ class CustomDataset(Dataset):
         where = f"{self.ann_file!r}, image {info.get('filename')!r}"
         ann = check_ann(self.get_ann_info(idx), len(self.CLASSES or ()) or None, where)
         results = dict(img_info=info, ann_info=ann)
+        if self.proposals is not None:
+            results["proposals"] = self.proposals[idx]
         self.pre_pipeline(results)
         return self.pipeline(results)
 
     def prepare_test_img(self, idx: int) -> dict | None:
         """Image ``idx`` through the pipeline, without annotations."""
         results = dict(img_info=self.data_infos[idx])
+        if self.proposals is not None:
+            results["proposals"] = self.proposals[idx]
         self.pre_pipeline(results)
         return self.pipeline(results)
 
