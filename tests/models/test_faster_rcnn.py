@@ -211,18 +211,19 @@ def test_roi_head_detections_match_mmdetection(roi_pair):
 
 
 def test_roi_head_soft_nms_detections_match_mmdetection():
-    """The soft_nms config's test settings; MMDetection's soft-NMS is a compiled op the
-    stand-in cannot run, so its NMS step is replaced by detlab's in the reference (the
-    decoding, score threshold and max_per_img around it stay MMDetection's), and both NMS
-    kinds are checked on their own in tests/models/test_nms.py."""
+    """The soft_nms config's test settings. MMDetection's soft-NMS is a compiled op the
+    stand-in cannot run, so the reference's batched_nms becomes the per-box reference of mmcv's
+    algorithm (tests/models/test_dense_head_base.py); the decoding, score threshold and
+    max_per_img around it stay MMDetection's."""
+    from test_dense_head_base import reference_batched_soft_nms
+
     reference, ours = build_roi_pair(test_nms=dict(type="soft_nms", iou_threshold=0.5,
                                                     min_score=0.05))
     import mmdet.core.post_processing.bbox_nms as bbox_nms
 
-    from detlab.models.heads.nms import multiclass_nms
-
     def batched_nms(boxes, scores, idxs, nms_cfg, class_agnostic=False):
-        keep, kept = multiclass_nms(boxes, scores, idxs, nms_cfg)
+        soft = {k: v for k, v in nms_cfg.items() if k != "type"}
+        keep, kept = reference_batched_soft_nms(boxes, scores, idxs, **soft)
         return torch.cat([boxes[keep], kept[:, None]], -1), keep
 
     original = bbox_nms.batched_nms
