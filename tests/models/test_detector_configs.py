@@ -48,7 +48,7 @@ UNUSED_IN_CONFIG: dict[str, dict[str, str]] = {
 }
 # Heads whose loss without any object is zero, as MMDetection's: SSD mines neg_pos_ratio
 # negatives per positive, so no positive means no negative either (PISA's SSD head too).
-NO_BACKGROUND_LOSS = {"SSDHead", "PISASSDHead"}
+NO_BACKGROUND_LOSS = {"SSDHead", "PISASSDHead", "AscendSSDHead"}
 # Components that need a larger input than 64 pixels: NAS-FPN max-pools P5 twice to P7 (64
 # pixels would leave P7 empty).
 INPUT_SIZE = {"NASFPN": 128}
