@@ -146,12 +146,35 @@ class Conv2dAdaptivePadding(nn.Conv2d):
                                     self.groups)
 
 
+class NormedConv2d(nn.Conv2d):
+    """MMDetection's ``NormedConv2d``: a conv of L2-normalized inputs (over channels, scaled by
+    ``tempearture``, MMDetection's spelling) and weights normalized per output channel (over
+    input channels, or over the whole kernel with ``norm_over_kernel``): the Seesaw configs'
+    normalized mask predictor (``predictor_cfg=dict(type='NormedConv2d', tempearture=20)``)."""
+
+    def __init__(self, *args: Any, tempearture: float = 20, power: float = 1.0,
+                 eps: float = 1e-6, norm_over_kernel: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tempearture, self.power, self.eps = tempearture, power, eps
+        self.norm_over_kernel = norm_over_kernel
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.norm_over_kernel:
+            norm = self.weight.flatten(1).norm(dim=1, keepdim=True).pow(self.power)
+            norm = norm[..., None, None]
+        else:
+            norm = self.weight.norm(dim=1, keepdim=True).pow(self.power)
+        weight = self.weight / (norm + self.eps)
+        x = x / (x.norm(dim=1, keepdim=True).pow(self.power) + self.eps)
+        return self._conv_forward(x * self.tempearture, weight, self.bias)
+
+
 # conv_cfg type -> the layer class; Conv2d / Conv are plain convolutions, DCN / DCNv2 the
 # deformable ones under mmcv's registered names, Conv2dAdaptivePadding TensorFlow's 'same'
 _CONV_LAYERS: dict[str, type[nn.Module]] = {
     "Conv2d": nn.Conv2d, "Conv": nn.Conv2d,
     "DCN": DeformConv2dPack, "DCNv2": ModulatedDeformConv2dPack,
-    "Conv2dAdaptivePadding": Conv2dAdaptivePadding,
+    "Conv2dAdaptivePadding": Conv2dAdaptivePadding, "NormedConv2d": NormedConv2d,
 }
 CONV_TYPES = tuple(_CONV_LAYERS)
 

@@ -147,7 +147,8 @@ def _proposals(targets, seed=4, num=150):
     return proposals
 
 
-def compare_roi_losses(reference, ours, empty=False, channels=CHANNELS):
+def compare_roi_losses(reference, ours, empty=False, channels=CHANNELS,
+                       keys=("loss_cls", "loss_bbox", "acc")):
     feats, metas, targets = _feats(channels=channels), _metas(), _targets(empty)
     proposals = _proposals(targets)
     torch.manual_seed(11)
@@ -157,7 +158,7 @@ def compare_roi_losses(reference, ours, empty=False, channels=CHANNELS):
     torch.manual_seed(11)
     actual = ours.train().loss(feats, proposals, targets, metas)
     reference.eval(), ours.eval()
-    assert set(actual) == set(expected) == {"loss_cls", "loss_bbox", "acc"}
+    assert set(actual) == set(expected) == set(keys)
     for key in expected:
         torch.testing.assert_close(actual[key].reshape(-1), expected[key].reshape(-1),
                                    rtol=1e-5, atol=1e-6, msg=lambda m, key=key: f"{key}: {m}")
@@ -264,6 +265,44 @@ def test_double_head_matches_mmdetection():
     assert type(ours).__name__ == "DoubleHeadRoIHead"
     compare_roi_losses(reference, ours)
     compare_roi_detections(reference, ours)
+
+
+def test_seesaw_loss_and_normed_classifier_match_mmdetection():
+    """The LVIS Seesaw configs' box head: a NormedLinear classifier of num_classes + 2 columns
+    and SeesawLoss (its class-count buffer included); MMDetection's losses, accuracies,
+    counts and detections with its weights."""
+    reference, ours = build_roi_pair(bbox_head=dict(
+        cls_predictor_cfg=dict(type="NormedLinear", tempearture=20),
+        loss_cls=dict(type="SeesawLoss", p=0.8, q=2.0, num_classes=NUM_CLASSES,
+                      loss_weight=1.0)))
+    assert ours.bbox_head.fc_cls.out_features == NUM_CLASSES + 2
+    assert "bbox_head.loss_cls.cum_samples" in ours.state_dict()
+    for _ in range(2):  # the second time with the counts of the first
+        compare_roi_losses(reference, ours, keys=("loss_cls_objectness", "loss_cls_classes",
+                                                  "acc_objectness", "acc_classes",
+                                                  "loss_bbox"))
+        torch.testing.assert_close(ours.bbox_head.loss_cls.cum_samples,
+                                   reference.bbox_head.loss_cls.cum_samples)
+    assert ours.bbox_head.loss_cls.cum_samples.sum() > 0
+    compare_roi_detections(reference, ours)
+
+
+@pytest.mark.parametrize("norm_over_kernel", [False, True])
+def test_normed_conv2d_is_mmdetections(norm_over_kernel):
+    """The normalized mask predictor of the Seesaw normed_mask configs."""
+    import_mmdet()
+    from mmdet.models.utils.normed_predictor import NormedConv2d as Reference
+
+    from detlab.models.utils import build_conv_layer
+
+    torch.manual_seed(0)
+    reference = Reference(8, 5, 3, padding=1, tempearture=20,
+                          norm_over_kernel=norm_over_kernel)
+    ours = build_conv_layer(dict(type="NormedConv2d", tempearture=20,
+                                 norm_over_kernel=norm_over_kernel), 8, 5, 3, padding=1)
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    x = torch.randn(2, 8, 6, 6)
+    torch.testing.assert_close(ours(x), reference(x))
 
 
 def test_ohem_sampler_matches_mmdetection():

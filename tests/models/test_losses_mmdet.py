@@ -25,7 +25,7 @@ from detlab.registry import MODELS
 
 LOSS_MODULES = ("utils", "cross_entropy_loss", "focal_loss", "iou_loss", "gfocal_loss",
                 "varifocal_loss", "gaussian_focal_loss", "ghm_loss", "balanced_l1_loss",
-                "mse_loss", "kd_loss", "smooth_l1_loss")
+                "mse_loss", "kd_loss", "smooth_l1_loss", "accuracy", "seesaw_loss")
 
 
 def _package(name: str, path: Path) -> types.ModuleType:
@@ -225,6 +225,12 @@ def kd_input(gen):
             _per_sample_weight(gen))
 
 
+def seesaw_input(gen):
+    """Logits of the C classes and the objectness pair; labels with background (C)."""
+    label = torch.randint(0, C + 1, (N,), generator=gen)
+    return torch.randn(N, C + 2, generator=gen) * 2, label, _per_sample_weight(gen)
+
+
 def ghmc_input(gen):
     pred, label, weight = labels_input(gen)
     return pred * 2, label, (weight > 0).float()
@@ -293,6 +299,11 @@ CASES = [  # (type, config, inputs, calls)
     ("GHMC", dict(bins=30, loss_weight=2.0), ghmc_input, WEIGHTED_CALLS),
     ("GHMR", {}, ghmr_input, WEIGHTED_CALLS),
     ("GHMR", dict(mu=0.05, bins=5), ghmr_input, WEIGHTED_CALLS),
+    # the sum of its two losses (return_dict=False), its class counts carried across the calls
+    ("SeesawLoss", dict(num_classes=C, return_dict=False), seesaw_input,
+     tuple(c for c in CALLS if c[2] != "none")),
+    ("SeesawLoss", dict(num_classes=C, p=0.5, q=1.0, eps=0.1, return_dict=False),
+     seesaw_input, tuple(c for c in CALLS if c[2] != "none")),
 ]
 
 

@@ -899,6 +899,7 @@ COMPONENTS = {
                                        rcnn=RCNN_TRAIN_CFG),
                         test_cfg=dict(rpn=RPN_TEST_CFG, rcnn=RCNN_TEST_CFG)),
                    lambda module: run_two_stage_detector(module)),
+    "SeesawLoss": (dict(num_classes=2), lambda module: run_seesaw_loss(module)),
     "DoubleConvFCBBoxHead": (DOUBLE_BBOX_HEAD, lambda module: run_double_bbox_head(module)),
     "DoubleHeadRoIHead": (dict({k: v for k, v in ROI_HEAD.items() if k != "type"},
                                reg_roi_scale_factor=1.3,
@@ -1156,3 +1157,10 @@ def run_ohem_sampler(obj):
     sample = obj.sample(assign, boxes, gts, torch.tensor([0, 1]),
                         feats=[torch.randn(1, 8, 4, 4), torch.randn(1, 8, 2, 2)])
     assert 0 < len(sample.pos_inds) + len(sample.neg_inds) <= 8
+
+
+def run_seesaw_loss(module):
+    pred = torch.randn(6, 4, requires_grad=True)  # 2 classes, then the objectness pair
+    losses = module(pred, torch.tensor([0, 1, 2, 2, 1, 0]), avg_factor=6)
+    sum(losses.values()).backward()
+    assert pred.grad.abs().sum() > 0 and module.cum_samples.tolist() == [2.0, 2.0, 2.0]

@@ -66,3 +66,7 @@ __all__ = [
 from detlab.models.losses.pisa_loss import carl_loss, isr_p  # noqa: E402
 
 __all__ += ["carl_loss", "isr_p"]
+
+from detlab.models.losses.seesaw_loss import SeesawLoss  # noqa: E402
+
+__all__ += ["SeesawLoss"]

@@ -27,16 +27,50 @@ DEFAULT_BOX_LOSS = dict(type="SmoothL1Loss", beta=1.0, loss_weight=1.0)
 LINEAR = dict(type="Linear")
 
 
+class NormedLinear(nn.Linear):
+    """A linear layer on L2-normalized inputs and weight rows, the inputs scaled by
+    ``tempearture`` (MMDetection's spelling): cosine-similarity logits (the Seesaw configs'
+    classifier, ``cls_predictor_cfg=dict(type='NormedLinear', tempearture=20)``).
+
+    Args:
+        in_features, out_features, bias: as ``nn.Linear``.
+        tempearture: the inputs' scale.
+        power: the norms' exponent.
+        eps: added to the norms.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
+                 tempearture: float = 20, power: float = 1.0, eps: float = 1e-6) -> None:
+        super().__init__(in_features, out_features, bias=bias)
+        self.tempearture, self.power, self.eps = tempearture, power, eps
+        nn.init.normal_(self.weight, mean=0, std=0.01)
+        if self.bias is not None:
+            nn.init.constant_(self.bias, 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight / (self.weight.norm(dim=1, keepdim=True).pow(self.power)
+                                + self.eps)
+        x = x / (x.norm(dim=1, keepdim=True).pow(self.power) + self.eps)
+        return F.linear(x * self.tempearture, weight, self.bias)
+
+
+LINEAR_LAYERS: dict[str, type[nn.Linear]] = {"Linear": nn.Linear, "NormedLinear": NormedLinear}
+
+
 def build_linear_layer(cfg: Mapping[str, Any] | None, in_features: int, out_features: int,
                        where: str) -> nn.Linear:
-    """A predictor layer from ``cls_predictor_cfg`` / ``reg_predictor_cfg``: only
-    ``dict(type='Linear')`` (MMDetection's default) is supported."""
+    """A predictor layer from ``cls_predictor_cfg`` / ``reg_predictor_cfg``:
+    ``dict(type='Linear')`` (MMDetection's default) or ``dict(type='NormedLinear',
+    tempearture=20)``."""
     cfg = dict(LINEAR if cfg is None else cfg)
     kind = cfg.pop("type", None)
-    if kind != "Linear":
-        raise ConfigError(f"bbox_head.{where} type {kind!r} is not supported; use "
-                          f"dict(type='Linear')")
-    return nn.Linear(in_features, out_features, **cfg)
+    if kind not in LINEAR_LAYERS:
+        raise ConfigError(f"bbox_head.{where} type {kind!r} is not supported; use one of "
+                          f"{', '.join(LINEAR_LAYERS)}")
+    try:
+        return LINEAR_LAYERS[kind](in_features, out_features, **cfg)
+    except TypeError as err:
+        raise ConfigError(f"bbox_head.{where}: {err}") from err
 
 
 def accuracy(cls_score: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -100,7 +134,7 @@ class BBoxHead(nn.Module):
         else:
             features *= self.roi_feat_area
         if with_cls:
-            self.fc_cls = build_linear_layer(cls_predictor_cfg, features, num_classes + 1,
+            self.fc_cls = build_linear_layer(cls_predictor_cfg, features, self.cls_channels,
                                              "cls_predictor_cfg")
         if with_reg:
             self.fc_reg = build_linear_layer(reg_predictor_cfg, features,
@@ -115,6 +149,34 @@ class BBoxHead(nn.Module):
         self.init_cfg = thaw(init_cfg)
         if type(self) is BBoxHead:
             initialize(self, self.init_cfg, load_pretrained=False)
+
+    @property
+    def custom_cls_channels(self) -> bool:
+        """Whether the classification loss sets the classifier's width (SeesawLoss)."""
+        return getattr(self.loss_cls, "custom_cls_channels", False)
+
+    @property
+    def custom_activation(self) -> bool:
+        """Whether the classification loss turns logits into scores itself."""
+        return getattr(self.loss_cls, "custom_activation", False)
+
+    @property
+    def custom_accuracy(self) -> bool:
+        """Whether the classification loss reports its own accuracies."""
+        return getattr(self.loss_cls, "custom_accuracy", False)
+
+    @property
+    def cls_channels(self) -> int:
+        """The classifier's outputs: ``num_classes + 1`` (background last), or what a custom
+        loss asks for."""
+        return self.loss_cls.get_cls_channels(self.num_classes) if self.custom_cls_channels \
+            else self.num_classes + 1
+
+    def class_scores(self, cls_score: torch.Tensor) -> torch.Tensor:
+        """``(K, cls_channels)`` logits -> ``(K, num_classes + 1)`` probabilities (softmax,
+        or the custom loss's activation)."""
+        return self.loss_cls.get_activation(cls_score) if self.custom_cls_channels \
+            else F.softmax(cls_score, dim=-1)
 
     def init_weights(self) -> None:
         """Apply ``init_cfg``."""
@@ -176,7 +238,8 @@ class BBoxHead(nn.Module):
              reduction_override: str | None = None) -> dict[str, torch.Tensor]:
         """``loss_cls`` (averaged over RoIs with a weight), ``acc`` (top-1 accuracy in percent,
         logged, not optimized) and ``loss_bbox`` on the positives (averaged over all sampled
-        RoIs, as MMDetection; a zero in the graph without positives)."""
+        RoIs, as MMDetection; a zero in the graph without positives). A classification loss
+        that returns a dict (SeesawLoss) gives its keys, and its own accuracies."""
         losses: dict[str, torch.Tensor] = {}
         if cls_score is not None:
             avg_factor = max(float((label_weights > 0).sum()), 1.0)
@@ -187,7 +250,10 @@ class BBoxHead(nn.Module):
                     losses.update(loss)
                 else:
                     losses["loss_cls"] = loss
-                losses["acc"] = accuracy(cls_score.detach(), labels)
+                if self.custom_activation:
+                    losses.update(self.loss_cls.get_accuracy(cls_score.detach(), labels))
+                else:
+                    losses["acc"] = accuracy(cls_score.detach(), labels)
         if bbox_pred is not None:
             pos = (labels >= 0) & (labels < self.num_classes)
             if pos.any():
@@ -218,7 +284,7 @@ class BBoxHead(nn.Module):
         ``x1 y1 x2 y2 score`` and ``(k,)`` labels after per-class NMS; without -> all ``(K,
         4 * num_classes)`` boxes and ``(K, num_classes + 1)`` probabilities (MMDetection's
         ``get_bboxes``)."""
-        scores = F.softmax(cls_score, dim=-1) if cls_score is not None else None
+        scores = self.class_scores(cls_score) if cls_score is not None else None
         if bbox_pred is not None:
             bboxes = self.bbox_coder.decode(rois[..., 1:], bbox_pred,
                                             max_shape=meta.get("img_shape"))

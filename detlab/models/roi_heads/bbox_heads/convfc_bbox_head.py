@@ -78,7 +78,7 @@ class ConvFCBBoxHead(BBoxHead):
         # the predictors again, now on the branches' outputs
         if self.with_cls:
             self.fc_cls = build_linear_layer(self.cls_predictor_cfg, self.cls_last_dim,
-                                             self.num_classes + 1, "cls_predictor_cfg")
+                                             self.cls_channels, "cls_predictor_cfg")
         if self.with_reg:
             self.fc_reg = build_linear_layer(
                 self.reg_predictor_cfg, self.reg_last_dim,
