@@ -1,0 +1,137 @@
+"""Plugin layers (NonLocal2d, ContextBlock, GeneralizedAttention), ConvWS and ResNet plugins
+against mmcv 1.7 / MMDetection 2.28: same parameter names and shapes, same outputs and gradients
+with copied weights, and a ResNet / ResNeXt with plugins or ConvWS has MMDetection's
+state_dict."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from reference.mmdet_reference import import_mmdet
+from torch import nn
+
+from detlab.config import ConfigError
+from detlab.models.plugins import ContextBlock, GeneralizedAttention, NonLocal2d
+from detlab.registry import MODELS
+
+
+def _randomize(module: nn.Module, seed: int = 0) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, value in sorted(module.state_dict().items()):
+            if value.is_floating_point():
+                noise = torch.randn(value.shape, generator=gen) * 0.3
+                value.copy_(noise.abs() + 0.5 if name.endswith("running_var") else noise)
+
+
+def _same_state(ours: nn.Module, reference: nn.Module) -> None:
+    theirs, mine = reference.state_dict(), ours.state_dict()
+    assert {k: tuple(v.shape) for k, v in mine.items()} == \
+        {k: tuple(v.shape) for k, v in theirs.items()}
+    ours.load_state_dict(theirs, strict=True)
+    assert sum(p.numel() for p in ours.parameters() if p.requires_grad) == \
+        sum(p.numel() for p in reference.parameters() if p.requires_grad)
+
+
+def _compare(ours: nn.Module, reference: nn.Module, shape=(2, 16, 7, 9), atol=1e-5,
+             gradients: bool = True) -> None:
+    """Same state_dict; same outputs and input / parameter gradients with random weights."""
+    _randomize(reference)
+    _same_state(ours, reference)
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_ref, out = reference(xa), ours(xb)
+    torch.testing.assert_close(out, out_ref, atol=atol, rtol=1e-4)
+    if not gradients:
+        return
+    weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
+    (out_ref * weight).sum().backward()
+    (out * weight).sum().backward()
+    torch.testing.assert_close(xb.grad, xa.grad, atol=atol, rtol=1e-4)
+    grads = {n: p.grad for n, p in reference.named_parameters() if p.grad is not None}
+    for name, param in ours.named_parameters():
+        if name in grads:
+            torch.testing.assert_close(param.grad, grads[name], atol=atol, rtol=1e-4,
+                                       msg=name)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(), dict(mode="gaussian"), dict(mode="dot_product", use_scale=False),
+    dict(mode="concatenation"), dict(sub_sample=True), dict(mode="gaussian", sub_sample=True),
+    dict(reduction=1, use_scale=False, norm_cfg=dict(type="BN")),
+])
+def test_nonlocal2d_matches_mmcv(kwargs):
+    import_mmdet()
+    from mmcv.cnn import NonLocal2d as Reference
+
+    torch.manual_seed(0)
+    reference = Reference(16, **kwargs).eval()
+    # mmcv's concatenation mode divides its ReLU output in place: it cannot backpropagate
+    _compare(NonLocal2d(16, **kwargs).eval(), reference,
+             gradients=kwargs.get("mode") != "concatenation")
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(ratio=1 / 4), dict(ratio=1 / 4, pooling_type="avg"),
+    dict(ratio=1 / 2, fusion_types=("channel_add", "channel_mul")),
+])
+def test_context_block_matches_mmcv(kwargs):
+    import_mmdet()
+    from mmcv.cnn import ContextBlock as Reference
+
+    _compare(ContextBlock(16, **kwargs), Reference(16, **kwargs))
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(attention_type="1111"), dict(attention_type="0010"), dict(attention_type="1000"),
+    dict(attention_type="0001"), dict(attention_type="1010"), dict(attention_type="0101"),
+    dict(attention_type="1111", q_stride=2, kv_stride=1),
+    dict(attention_type="1011", kv_stride=3, position_magnitude=2),
+])
+def test_generalized_attention_matches_mmcv(kwargs):
+    import_mmdet()
+    from mmcv.cnn import GeneralizedAttention as Reference
+
+    _compare(GeneralizedAttention(16, num_heads=4, **kwargs),
+             Reference(16, num_heads=4, **kwargs), shape=(2, 16, 6, 7))
+
+
+def test_generalized_attention_position_without_geometry_on_square_maps():
+    """With the query-position term but not the geometry one ('0100', '1100' ...), mmcv's
+    y-offset term reads the query grid transposed (it only runs on square query grids); detlab
+    computes the term as the paper and the '1111' branch do, so the two agree where the
+    transpose does not matter: a query grid symmetric under transposition."""
+    import_mmdet()
+    from mmcv.cnn import GeneralizedAttention as Reference
+
+    ours = GeneralizedAttention(16, num_heads=4, attention_type="0100")
+    reference = Reference(16, num_heads=4, attention_type="0100")
+    _randomize(reference)
+    _same_state(ours, reference)
+    x = torch.randn(1, 16, 5, 5, generator=torch.Generator().manual_seed(1))
+    x = x + x.transpose(2, 3)
+    torch.testing.assert_close(ours(x), reference(x), atol=1e-5, rtol=1e-4)
+    ours(torch.randn(1, 16, 5, 7))  # non-square maps run
+
+
+def test_generalized_attention_spatial_range_masks_far_keys():
+    """spatial_range >= 0: mmcv's constraint map (a non-trainable parameter in the
+    state_dict); far keys get no attention."""
+    import_mmdet()
+    from mmcv.cnn import GeneralizedAttention as Reference
+
+    ours = GeneralizedAttention(256, spatial_range=2, num_heads=8, attention_type="0010")
+    reference = Reference(256, spatial_range=2, num_heads=8, attention_type="0010")
+    assert torch.equal(ours.local_constraint_map, reference.local_constraint_map)
+    with pytest.raises(ConfigError, match="in_channels 256 or 512"):
+        GeneralizedAttention(16, spatial_range=2)
+
+
+def test_plugin_configuration_errors():
+    with pytest.raises(ConfigError, match="mode"):
+        NonLocal2d(8, mode="cosine")
+    with pytest.raises(ConfigError, match="pooling_type"):
+        ContextBlock(8, ratio=0.5, pooling_type="max")
+    with pytest.raises(ConfigError, match="attention_type"):
+        GeneralizedAttention(8, num_heads=2, attention_type="0000")
+    assert isinstance(MODELS.build(dict(type="NonLocal2d", in_channels=8)), NonLocal2d)
