@@ -941,6 +941,29 @@ COMPONENTS = {
                             test_cfg=RPN_TEST_CFG), run_cascade_rpn_head),
     # Guided-anchoring RPN
     "GARPNHead": (GA_RPN_HEAD, run_ga_rpn_head),
+    # Cascade R-CNN: CascadeRoIHead (two stages, masks), CascadeRCNN
+    "CascadeRoIHead": (dict(num_stages=2, stage_loss_weights=[1, 0.5],
+                            bbox_roi_extractor=dict(ROI_EXTRACTOR, type="SingleRoIExtractor"),
+                            bbox_head=[dict(BBOX_HEAD, type="Shared2FCBBoxHead",
+                                            reg_class_agnostic=True),
+                                       dict(BBOX_HEAD, type="Shared2FCBBoxHead")],
+                            mask_roi_extractor=dict(ROI_EXTRACTOR, type="SingleRoIExtractor"),
+                            mask_head=dict(MASK_HEAD, type="FCNMaskHead"),
+                            train_cfg=[dict(RCNN_TRAIN_CFG, mask_size=8)] * 2,
+                            test_cfg=dict(RCNN_TEST_CFG, mask_thr_binary=0.5)),
+                       lambda module: run_cascade_roi_head(module)),
+    "CascadeRCNN": (dict(backbone=DETECTOR["backbone"], neck=DETECTOR["neck"],
+                         rpn_head=dict(RPN_HEAD, type="RPNHead"),
+                         roi_head=dict(type="CascadeRoIHead", num_stages=2,
+                                       stage_loss_weights=[1, 0.5],
+                                       bbox_roi_extractor=dict(ROI_EXTRACTOR,
+                                                               type="SingleRoIExtractor"),
+                                       bbox_head=dict(BBOX_HEAD, type="Shared2FCBBoxHead",
+                                                      reg_class_agnostic=True)),
+                         train_cfg=dict(rpn=RPN_TRAIN_CFG, rpn_proposal=RPN_TEST_CFG,
+                                        rcnn=[RCNN_TRAIN_CFG] * 2),
+                         test_cfg=dict(rpn=RPN_TEST_CFG, rcnn=RCNN_TEST_CFG)),
+                    lambda module: run_cascade_rcnn(module)),
 }
 
 
@@ -1164,3 +1187,26 @@ def run_seesaw_loss(module):
     losses = module(pred, torch.tensor([0, 1, 2, 2, 1, 0]), avg_factor=6)
     sum(losses.values()).backward()
     assert pred.grad.abs().sum() > 0 and module.cum_samples.tolist() == [2.0, 2.0, 2.0]
+
+
+def run_cascade_roi_head(module):
+    """Cascade R-CNN's RoI head: every stage's losses (s0. ..., s1. ...), detections with
+    masks."""
+    feats = [torch.randn(2, 8, 4, 4), torch.randn(2, 8, 2, 2)]
+    batch = _with_masks(_batch())
+    proposals = [torch.cat([_boxes(10), torch.rand(10, 1)], dim=1) for _ in range(2)]
+    losses = module.loss(feats, proposals, batch.targets, batch.metas)
+    assert {"s0.loss_cls", "s0.acc", "s1.loss_bbox", "s1.loss_mask"} <= set(losses)
+    assert losses["s0.loss_bbox"] > 0 and losses["s1.loss_mask"] > 0
+    sum(v for k, v in losses.items() if "loss" in k).backward()
+    results = module.eval().predict(feats, proposals, batch.metas)
+    assert len(results) == 2 and all(r.masks is not None for r in results)
+
+
+def run_cascade_rcnn(module):
+    batch = _batch()
+    losses = module.loss(batch)
+    assert {"loss_rpn_cls", "loss_rpn_bbox", "s0.loss_cls", "s1.loss_bbox"} <= set(losses)
+    assert losses["s0.loss_bbox"] > 0 and losses["loss_rpn_bbox"] > 0
+    sum(v for k, v in losses.items() if "loss" in k).backward()
+    assert len(module.eval().predict(batch)) == 2

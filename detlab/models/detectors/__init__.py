@@ -90,3 +90,7 @@ __all__ += ["FastRCNN", "FasterRCNN", "TwoStageDetector"]
 from detlab.models.detectors.mask_rcnn import MaskRCNN  # noqa: E402
 
 __all__ += ["MaskRCNN"]
+
+from detlab.models.detectors.cascade_rcnn import CascadeRCNN  # noqa: E402
+
+__all__ += ["CascadeRCNN"]
