@@ -143,6 +143,8 @@ class DetResult:
         class_names: names of the labels, when known.
         meta: facts about the image (``img_id``, ``filename``, ``ori_shape`` ...).
         image: the original RGB image (``H x W x 3`` uint8) when inference kept it, for display.
+        mask_scores: optional ``(N,)`` float32 scores of the masks when a model scores them
+            apart from the boxes (Mask Scoring R-CNN: class score times predicted mask IoU).
     """
 
     boxes: torch.Tensor
@@ -152,6 +154,7 @@ class DetResult:
     class_names: tuple[str, ...] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     image: np.ndarray | None = field(default=None, repr=False)
+    mask_scores: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         boxes = torch.as_tensor(self.boxes, dtype=torch.float32)
@@ -165,6 +168,11 @@ class DetResult:
         if self.masks is not None:
             self.masks = torch.as_tensor(self.masks).bool()
         n = len(self.boxes)
+        if self.mask_scores is not None:
+            self.mask_scores = torch.as_tensor(self.mask_scores, dtype=torch.float32).reshape(-1)
+            if len(self.mask_scores) != n:
+                raise ValueError(f"DetResult needs one mask score per box: {n} boxes, "
+                                 f"{len(self.mask_scores)} mask scores")
         if len(self.scores) != n or len(self.labels) != n or (
                 self.masks is not None and len(self.masks) != n):
             masks = "" if self.masks is None else f", {len(self.masks)} masks"
@@ -195,7 +203,8 @@ class DetResult:
             index = slice(position, position + 1)
         return DetResult(self.boxes[index], self.scores[index], self.labels[index],
                          None if self.masks is None else self.masks[index], self.class_names,
-                         dict(self.meta), self.image)
+                         dict(self.meta), self.image,
+                         None if self.mask_scores is None else self.mask_scores[index])
 
     def filter(self, score_thr: float) -> DetResult:
         """The detections scoring at least ``score_thr``."""
@@ -204,7 +213,8 @@ class DetResult:
     def to(self, device: torch.device | str) -> DetResult:
         masks = None if self.masks is None else self.masks.to(device)
         return DetResult(self.boxes.to(device), self.scores.to(device), self.labels.to(device),
-                         masks, self.class_names, dict(self.meta), self.image)
+                         masks, self.class_names, dict(self.meta), self.image,
+                         None if self.mask_scores is None else self.mask_scores.to(device))
 
     def cpu(self) -> DetResult:
         return self.to("cpu")

@@ -103,7 +103,7 @@ def _two_stage_overrides(model: Any, in_channels: int, channels: int, num_classe
     roi = model.get("roi_head")
     if roi is None:
         return
-    for key in ("bbox_roi_extractor", "mask_roi_extractor"):
+    for key in ("bbox_roi_extractor", "mask_roi_extractor", "grid_roi_extractor"):
         extractors = roi.get(key)
         if isinstance(extractors, (list, tuple)):
             options[f"model.roi_head.{key}"] = [dict(e, out_channels=in_channels)
@@ -112,7 +112,10 @@ def _two_stage_overrides(model: Any, in_channels: int, channels: int, num_classe
             options[f"model.roi_head.{key}.out_channels"] = in_channels
             if "output_channels" in extractors.get("roi_layer", {}):  # deformable RoI pooling
                 options[f"model.roi_head.{key}.roi_layer.output_channels"] = in_channels
-    for key in ("bbox_head", "mask_head"):
+    if roi.get("grid_head") is not None:  # Grid R-CNN: 9 points of 4 channels (GN of 36)
+        options["model.roi_head.grid_head.in_channels"] = in_channels
+        options["model.roi_head.grid_head.point_feat_channels"] = 4
+    for key in ("bbox_head", "mask_head", "mask_iou_head"):
         heads = roi.get(key)
         if isinstance(heads, (list, tuple)):
             options[f"model.roi_head.{key}"] = [

@@ -343,6 +343,13 @@ RCNN_TRAIN_CFG = dict(assigner=dict(type="MaxIoUAssigner", pos_iou_thr=0.5, neg_
                                    neg_pos_ub=-1, add_gt_as_proposals=True),
                       pos_weight=-1, debug=False)
 RCNN_TEST_CFG = dict(score_thr=0.05, nms=dict(type="nms", iou_threshold=0.5), max_per_img=10)
+MASK_IOU_HEAD = dict(num_convs=2, num_fcs=1, roi_feat_size=4, in_channels=8,
+                     conv_out_channels=8, fc_out_channels=8, num_classes=2)
+MS_ROI_HEAD = dict({k: v for k, v in ROI_HEAD.items() if k != "type"},
+                   mask_roi_extractor=dict(ROI_EXTRACTOR, type="SingleRoIExtractor"),
+                   mask_head=dict(MASK_HEAD, type="FCNMaskHead"),
+                   mask_iou_head=dict(MASK_IOU_HEAD, type="MaskIoUHead"))
+MS_RCNN_TRAIN_CFG = dict(RCNN_TRAIN_CFG, mask_size=8, mask_thr_binary=0.5)
 
 
 def run_roi_extractor(module):
@@ -941,6 +948,19 @@ COMPONENTS = {
                             test_cfg=RPN_TEST_CFG), run_cascade_rpn_head),
     # Guided-anchoring RPN
     "GARPNHead": (GA_RPN_HEAD, run_ga_rpn_head),
+    # Mask Scoring R-CNN: MaskIoUHead (4 x 4 RoI features, 8 x 8 masks), its RoI head, detector
+    "MaskIoUHead": (MASK_IOU_HEAD, lambda module: run_mask_iou_head(module)),
+    "MaskScoringRoIHead": (dict(MS_ROI_HEAD, train_cfg=MS_RCNN_TRAIN_CFG,
+                                test_cfg=dict(RCNN_TEST_CFG, mask_thr_binary=0.5)),
+                           lambda module: run_mask_scoring_roi_head(module)),
+    "MaskScoringRCNN": (dict(backbone=DETECTOR["backbone"], neck=DETECTOR["neck"],
+                             rpn_head=dict(RPN_HEAD, type="RPNHead"),
+                             roi_head=dict(MS_ROI_HEAD, type="MaskScoringRoIHead"),
+                             train_cfg=dict(rpn=RPN_TRAIN_CFG, rpn_proposal=RPN_TEST_CFG,
+                                            rcnn=MS_RCNN_TRAIN_CFG),
+                             test_cfg=dict(rpn=RPN_TEST_CFG,
+                                           rcnn=dict(RCNN_TEST_CFG, mask_thr_binary=0.5))),
+                        lambda module: run_mask_scoring_rcnn(module)),
     # Cascade R-CNN: CascadeRoIHead (two stages, masks), CascadeRCNN
     "CascadeRoIHead": (dict(num_stages=2, stage_loss_weights=[1, 0.5],
                             bbox_roi_extractor=dict(ROI_EXTRACTOR, type="SingleRoIExtractor"),
@@ -1210,3 +1230,55 @@ def run_cascade_rcnn(module):
     assert losses["s0.loss_bbox"] > 0 and losses["loss_rpn_bbox"] > 0
     sum(v for k, v in losses.items() if "loss" in k).backward()
     assert len(module.eval().predict(batch)) == 2
+
+
+def run_mask_iou_head(module):
+    """MaskIoUHead: an IoU per class of 4 x 4 features and 8 x 8 mask logits, the loss, the
+    mask scores."""
+    pred = module(torch.randn(3, 8, 4, 4), torch.randn(3, 8, 8))
+    assert pred.shape == (3, 2)
+    labels = torch.tensor([0, 1, 1])
+    losses = module.loss(pred[torch.arange(3), labels], torch.tensor([0.5, 0.0, 0.9]))
+    assert losses["loss_mask_iou"] > 0
+    losses["loss_mask_iou"].backward()
+    dets = torch.cat([_boxes(3), torch.rand(3, 1)], dim=1)
+    assert module.get_mask_scores(pred.detach(), dets, labels).shape == (3,)
+
+
+def run_mask_scoring_roi_head(module):
+    """MaskScoringRoIHead: box, mask and mask IoU losses; detections with mask scores."""
+    feats = [torch.randn(2, 8, 4, 4), torch.randn(2, 8, 2, 2)]
+    batch = _with_masks(_batch())
+    proposals = [torch.cat([_boxes(10), torch.rand(10, 1)], dim=1) for _ in range(2)]
+    losses = module.loss(feats, proposals, batch.targets, batch.metas)
+    assert {"loss_mask", "loss_mask_iou"} <= set(losses) and losses["loss_mask"] > 0
+    sum(v for k, v in losses.items() if k.startswith("loss")).backward()
+    results = module.eval().predict(feats, proposals, batch.metas)
+    assert all(r.mask_scores is not None and len(r.mask_scores) == len(r) for r in results)
+
+
+def run_mask_scoring_rcnn(module):
+    """Mask Scoring R-CNN: Mask R-CNN's run, and a mask score per detection."""
+    run_mask_rcnn(module)
+    results = module.eval().predict(_with_masks(_batch()))
+    assert all(r.mask_scores is not None and len(r.mask_scores) == len(r) for r in results)
+
+
+def run_bfp(module):
+    feats = [torch.randn(2, 8, 8, 8, requires_grad=True), torch.randn(2, 8, 4, 4),
+             torch.randn(2, 8, 2, 2)]
+    out = module(feats)
+    assert [o.shape for o in out] == [f.shape for f in feats]
+    _backward_through(module, out)
+
+
+def run_score_hlr_sampler(obj):
+    from detlab.models import MaxIoUAssigner
+
+    boxes, gts = _boxes(20), _boxes(2)
+    assign = MaxIoUAssigner(pos_iou_thr=0.5, neg_iou_thr=0.4).assign(
+        boxes, gts, gt_labels=torch.tensor([0, 1]))
+    sample, weights = obj.sample(assign, boxes, gts, torch.tensor([0, 1]),
+                                 feats=[torch.randn(1, 8, 4, 4), torch.randn(1, 8, 2, 2)])
+    assert 0 < len(sample.pos_inds) + len(sample.neg_inds) <= 8
+    assert weights is None or len(weights) == len(sample.neg_inds)

@@ -94,3 +94,7 @@ __all__ += ["MaskRCNN"]
 from detlab.models.detectors.cascade_rcnn import CascadeRCNN  # noqa: E402
 
 __all__ += ["CascadeRCNN"]
+
+from detlab.models.detectors.mask_scoring_rcnn import MaskScoringRCNN  # noqa: E402
+
+__all__ += ["MaskScoringRCNN"]

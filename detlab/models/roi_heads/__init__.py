@@ -41,3 +41,7 @@ __all__ = ["BBoxHead", "BaseRoIHead", "ConvFCBBoxHead", "DoubleConvFCBBoxHead",
 
 if mask_heads_available():  # the mask branch's heads register themselves on import
     from detlab.models.roi_heads import mask_heads  # noqa: F401
+
+from detlab.models.roi_heads.mask_scoring_roi_head import MaskScoringRoIHead  # noqa: E402
+
+__all__ += ["MaskScoringRoIHead"]

@@ -8,3 +8,7 @@ from detlab.models.roi_heads.mask_heads.fcn_mask_head import (
 )
 
 __all__ = ["FCNMaskHead", "mask_targets", "paste_masks"]
+
+from detlab.models.roi_heads.mask_heads.maskiou_head import MaskIoUHead  # noqa: E402
+
+__all__ += ["MaskIoUHead"]
