@@ -1,4 +1,4 @@
-"""The teaching notebooks (01-08) executed headless with tiny parameters, and the rules every
+"""The teaching notebooks (01-10) executed headless with tiny parameters, and the rules every
 notebook of notebooks/ follows: committed without outputs, a ``parameters`` cell first, kernelspec
 metadata, no code cell over 15 lines."""
 
@@ -15,7 +15,7 @@ from detlab.notebooks import run_notebook
 NOTEBOOKS = REPO / "notebooks"
 COURSE = ["00_quickstart", "01_browse_dataset", "02_edit_config", "03_train",
           "04_evaluate_and_analyze_errors", "05_compare_runs", "06_custom_components",
-          "07_inference", "08_sweep", "09_model_zoo"]
+          "07_inference", "08_sweep", "09_model_zoo", "10_two_stage_and_masks"]
 MAX_CELL_LINES = 15
 TIMEOUT = 300  # seconds a cell may take
 # 8 training images of 64 pixels, 2 iterations an epoch, no loader processes, every epoch
@@ -187,6 +187,17 @@ def test_06_custom_components(tmp_path, one_thread):
     assert reductions["weighted sum / avg_factor=1"] == pytest.approx(4 * log_cosh[0], rel=1e-5)
     assert "defined again" in records["reregistered"] and is_metric(records["bbox_mAP"])
     assert os.path.exists(os.path.join(records["work_dir"], "latest.pth"))
+    # section 7: the tutorial's Double-Head R-CNN, written in cells under its own names, trains
+    assert records["double_head"] == {"roi_head": "MyDoubleHeadRoIHead",
+                                      "bbox_head": "MyDoubleConvFCBBoxHead"}
+    assert records["double_head_without_grad"] == []  # every parameter learns
+    losses = records["double_head_losses"]
+    assert len(losses) == 2  # two iterations
+    for step in losses:
+        assert {"loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "loss_bbox", "acc"} <= set(step)
+        assert all(math.isfinite(v) for v in step.values()) and step["loss_cls"] > 0
+    assert "DoubleHeadRoIHead" in records["builtin_refused"]  # the library's name is taken
+    assert records["forced_and_restored"] == [True, True]
 
 
 @pytest.fixture
@@ -257,3 +268,28 @@ def test_09_model_zoo(tmp_path, one_thread):
     assert records["inspector_assigners"] == ["MaxIoU (RetinaNet)", "ATSS", "SimOTA (YOLOX)",
                                               "TaskAligned (TOOD)"]
     assert records["inspector_simota_rows"] > 0
+
+
+@pytest.mark.slow
+def test_10_two_stage_and_masks(tmp_path, one_thread):
+    records = execute("10_two_stage_and_masks", tmp_path, work_dir=str(tmp_path / "work_dir"),
+                      data_root=str(tmp_path / "shapes"), epochs=1, cfg_options=TINY_OPTIONS,
+                      scale=1, **TINY)
+    assert is_metric(records["bbox_mAP"]) and is_metric(records["segm_mAP"])
+    counts = records["counts"]
+    # the proposals are what the config says: test_cfg.rpn / train_cfg.rpn_proposal max_per_img
+    assert records["proposal_limits"] == {"test": 300, "train": 300}
+    assert counts["proposals"] == records["train_proposals"] == 300
+    # the sampler draws train_cfg.rcnn.sampler.num RoIs, at most a quarter positive, and the
+    # ground truths are among the positives (add_gt_as_proposals)
+    sampled = records["sampled"]
+    assert sampled["num"] == 128 and sampled["positives"] + sampled["negatives"] == 128
+    assert counts["ground_truths"] <= sampled["positives"] <= 32
+    # the RoI head keeps at most test_cfg.rcnn.max_per_img of its NMS candidates, and each kept
+    # box has 28 x 28 logits per class and a mask pasted at the image's size
+    assert records["max_per_img"] == 50
+    assert 0 < counts["kept"] <= min(50, counts["candidates"])
+    assert counts["mask_logits"] == [counts["kept"], 3, 28, 28]
+    assert records["mask_shape"] == [counts["kept"], 64, 64]
+    assert records["image_shape"] == [64, 64, 3]
+    assert os.path.exists(os.path.join(records["work_dir"], "latest.pth"))
