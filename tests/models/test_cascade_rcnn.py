@@ -3,8 +3,9 @@ config (ResNet-18, 16 channels, three stages) with MMDetection's weights loaded 
 the same per-stage losses (``s0.loss_cls`` ... with and without ground truth: the refined
 proposals of each stage feed the next) and the same detections (the stages' class scores
 averaged, the RoIs regressed stage by stage) and masks (every stage's mask probabilities
-averaged); class-specific regression (``regress_by_class`` picking each RoI's class deltas)
-too; the shipped configs read as MMDetection's; configuration errors name their key.
+averaged); at the RoI head alone, class-specific regression (``regress_by_class`` picking
+each RoI's class deltas), OHEM samplers and the Seesaw box heads too; the shipped configs read
+as MMDetection's; configuration errors name their key.
 
 Sampling is random: both sides draw their anchors and RoIs with ``torch.randperm`` in the same
 order (stage after stage, image after image), so seeding ``torch`` identically before each
@@ -36,7 +37,7 @@ CASCADE_MASK = "cascade_rcnn/cascade_mask_rcnn_r50_fpn_1x_coco.py"
 STAGES = 3
 
 
-def _small(mask: bool, class_specific: bool = False) -> dict:
+def _small(mask: bool) -> dict:
     """Overrides making a zoo Cascade (Mask) R-CNN small (list entries by index)."""
     options = {"model.backbone.depth": 18, "model.backbone.init_cfg": None,
                "model.neck.in_channels": [64, 128, 256, 512], "model.neck.out_channels": 16,
@@ -49,8 +50,6 @@ def _small(mask: bool, class_specific: bool = False) -> dict:
         options.update({f"{head}.in_channels": 16, f"{head}.fc_out_channels": 32,
                         f"{head}.num_classes": CLASSES,
                         f"model.train_cfg.rcnn.{stage}.sampler.num": 64})
-        if class_specific:
-            options[f"{head}.reg_class_agnostic"] = False
     if mask:
         options.update({"model.roi_head.mask_roi_extractor.out_channels": 16,
                         "model.roi_head.mask_head.in_channels": 16,
@@ -60,9 +59,7 @@ def _small(mask: bool, class_specific: bool = False) -> dict:
     return options
 
 
-PAIRS = {"cascade": (CASCADE, _small(False)),
-         "cascade-mask": (CASCADE_MASK, _small(True)),
-         "cascade-class-specific": (CASCADE, _small(False, class_specific=True))}
+PAIRS = {"cascade": (CASCADE, _small(False)), "cascade-mask": (CASCADE_MASK, _small(True))}
 
 
 def build_cascade_pair(config: str, options: dict):
@@ -196,3 +193,79 @@ def test_train_cfg_with_fewer_stages_is_an_error():
     head["train_cfg"] = head["train_cfg"][:2]
     with pytest.raises(ConfigError, match=r"train_cfg.rcnn has 2 entries"):
         MODELS.build(head)
+
+
+# ---- the RoI head alone, on test_faster_rcnn.py's features, proposals and ground truth -------
+
+def build_cascade_roi_pair(bbox_head: dict | None = None, sampler: dict | None = None):
+    """(MMDetection's CascadeRoIHead of the shipped Cascade R-CNN, small, detlab's with its
+    weights loaded strictly); ``bbox_head`` / ``sampler`` update every stage's."""
+    import_mmdet()
+    from mmcv import ConfigDict
+    from mmdet.models.builder import build_head
+    from test_faster_rcnn import CHANNELS, NUM_CLASSES, _plain
+
+    model = load_mmdet_config(CASCADE).model
+    head = _plain(model.roi_head.to_dict())
+    head["bbox_roi_extractor"]["out_channels"] = CHANNELS
+    for stage in head["bbox_head"]:
+        stage.update(in_channels=CHANNELS, fc_out_channels=32, num_classes=NUM_CLASSES,
+                     **(bbox_head or {}))
+    train = [_plain(dict(c)) for c in model.train_cfg.rcnn]
+    for cfg in train:
+        cfg["sampler"] = dict(cfg["sampler"], num=64, **(sampler or {}))
+    test = _plain(dict(model.test_cfg.rcnn))
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = build_head(ConfigDict(dict(head, train_cfg=train, test_cfg=test)))
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, param in reference.named_parameters():
+            scale = 0.3 if "fc_cls" in name else 0.05 if "fc_reg" in name else 0.1
+            param.copy_(torch.randn(param.shape, generator=gen) * scale)
+    ours = MODELS.build(dict(head, train_cfg=copy.deepcopy(train), test_cfg=copy.deepcopy(test)))
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    return reference.eval(), ours.eval()
+
+
+def test_ohem_sampler_ranks_with_its_own_stage():
+    """OHEM in every stage: each stage's sampler scores the RoIs with that stage's box branch
+    (MMDetection's context.current_stage), so the same hardest RoIs and the same losses."""
+    from test_faster_rcnn import compare_roi_losses
+
+    reference, ours = build_cascade_roi_pair(sampler=dict(type="OHEMSampler"))
+    assert [s.context.bbox_head for s in ours.bbox_sampler] == list(ours.bbox_head)
+    keys = tuple(f"s{i}.{n}" for i in range(STAGES) for n in ("loss_cls", "acc", "loss_bbox"))
+    losses = compare_roi_losses(reference, ours, keys=keys)
+    assert all(losses[f"s{i}.loss_bbox"] > 0 for i in range(STAGES))
+
+
+def test_seesaw_stages_refine_with_the_losss_activation():
+    """The LVIS Seesaw Cascade configs' box heads (NormedLinear, SeesawLoss): the RoIs are
+    refined by the classes of the loss's own activation, in training and at test time."""
+    from test_faster_rcnn import NUM_CLASSES, compare_roi_detections, compare_roi_losses
+
+    reference, ours = build_cascade_roi_pair(bbox_head=dict(
+        cls_predictor_cfg=dict(type="NormedLinear", tempearture=20),
+        loss_cls=dict(type="SeesawLoss", p=0.8, q=2.0, num_classes=NUM_CLASSES,
+                      loss_weight=1.0)))
+    names = ("loss_cls_objectness", "loss_cls_classes", "acc_objectness", "acc_classes",
+             "loss_bbox")
+    compare_roi_losses(reference, ours, keys=tuple(f"s{i}.{n}" for i in range(STAGES)
+                                                   for n in names))
+    compare_roi_detections(reference, ours)
+
+
+def test_class_specific_regression_refines_by_each_rois_class():
+    """reg_class_agnostic=False: each stage moves a RoI by the deltas of its class (the
+    ground truth's for positives, the predicted one otherwise) -- MMDetection's losses and
+    detections."""
+    from test_faster_rcnn import compare_roi_detections, compare_roi_losses
+
+    reference, ours = build_cascade_roi_pair(bbox_head=dict(reg_class_agnostic=False))
+    assert ours.bbox_head[0].fc_reg.out_features == 4 * ours.bbox_head[0].num_classes
+    keys = tuple(f"s{i}.{n}" for i in range(STAGES) for n in ("loss_cls", "acc", "loss_bbox"))
+    compare_roi_losses(reference, ours, keys=keys)
+    compare_roi_losses(reference, ours, empty=True, keys=keys)
+    compare_roi_detections(reference, ours)
