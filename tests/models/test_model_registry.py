@@ -350,6 +350,13 @@ MS_ROI_HEAD = dict({k: v for k, v in ROI_HEAD.items() if k != "type"},
                    mask_head=dict(MASK_HEAD, type="FCNMaskHead"),
                    mask_iou_head=dict(MASK_IOU_HEAD, type="MaskIoUHead"))
 MS_RCNN_TRAIN_CFG = dict(RCNN_TRAIN_CFG, mask_size=8, mask_thr_binary=0.5)
+GRID_HEAD = dict(grid_points=9, num_convs=2, roi_feat_size=4, in_channels=8,
+                 point_feat_channels=4, norm_cfg=dict(type="GN", num_groups=9))
+GRID_ROI_HEAD = dict({k: v for k, v in ROI_HEAD.items() if k != "type"},
+                     bbox_head=dict(BBOX_HEAD, type="Shared2FCBBoxHead", with_reg=False),
+                     grid_roi_extractor=dict(ROI_EXTRACTOR, type="SingleRoIExtractor"),
+                     grid_head=dict(GRID_HEAD, type="GridHead"))
+GRID_RCNN_TRAIN_CFG = dict(RCNN_TRAIN_CFG, pos_radius=1, max_num_grid=192)
 
 
 def run_roi_extractor(module):
@@ -961,6 +968,17 @@ COMPONENTS = {
                              test_cfg=dict(rpn=RPN_TEST_CFG,
                                            rcnn=dict(RCNN_TEST_CFG, mask_thr_binary=0.5))),
                         lambda module: run_mask_scoring_rcnn(module)),
+    # Grid R-CNN: GridHead (4 x 4 RoI features, 9 points of 4 channels), its RoI head, detector
+    "GridHead": (GRID_HEAD, lambda module: run_grid_head(module)),
+    "GridRoIHead": (dict(GRID_ROI_HEAD, train_cfg=GRID_RCNN_TRAIN_CFG, test_cfg=RCNN_TEST_CFG),
+                    lambda module: run_grid_roi_head(module)),
+    "GridRCNN": (dict(backbone=DETECTOR["backbone"], neck=DETECTOR["neck"],
+                      rpn_head=dict(RPN_HEAD, type="RPNHead"),
+                      roi_head=dict(GRID_ROI_HEAD, type="GridRoIHead"),
+                      train_cfg=dict(rpn=RPN_TRAIN_CFG, rpn_proposal=RPN_TEST_CFG,
+                                     rcnn=GRID_RCNN_TRAIN_CFG),
+                      test_cfg=dict(rpn=RPN_TEST_CFG, rcnn=RCNN_TEST_CFG)),
+                 lambda module: run_grid_rcnn(module)),
     # Cascade R-CNN: CascadeRoIHead (two stages, masks), CascadeRCNN
     "CascadeRoIHead": (dict(num_stages=2, stage_loss_weights=[1, 0.5],
                             bbox_roi_extractor=dict(ROI_EXTRACTOR, type="SingleRoIExtractor"),
@@ -1282,3 +1300,42 @@ def run_score_hlr_sampler(obj):
                                  feats=[torch.randn(1, 8, 4, 4), torch.randn(1, 8, 2, 2)])
     assert 0 < len(sample.pos_inds) + len(sample.neg_inds) <= 8
     assert weights is None or len(weights) == len(sample.neg_inds)
+
+
+def run_grid_head(module):
+    """GridHead: fused and unfused 8 x 8 heatmaps of 4 x 4 RoI features, targets and loss,
+    boxes from the heatmaps."""
+    pred = module(torch.randn(3, 8, 4, 4))
+    assert pred["fused"].shape == pred["unfused"].shape == (3, 9, 8, 8)
+
+    class _Result:
+        pos_bboxes = pos_gt_bboxes = torch.tensor([[2.0, 3, 20, 25], [5, 5, 30, 18],
+                                                   [0, 0, 12, 12]])
+
+    targets = module.get_targets([_Result()], dict(pos_radius=1))
+    losses = module.loss(pred, targets)
+    assert targets.sum() > 0 and losses["loss_grid"] > 0
+    losses["loss_grid"].backward()
+    dets = torch.cat([_Result.pos_bboxes, torch.rand(3, 1)], dim=1)
+    assert module.get_bboxes(dets, pred["fused"].detach()).shape == (3, 5)
+
+
+def run_grid_roi_head(module):
+    """GridRoIHead: classification and grid losses; refined detections."""
+    feats = [torch.randn(2, 8, 4, 4), torch.randn(2, 8, 2, 2)]
+    batch = _batch()
+    proposals = [torch.cat([_boxes(10), torch.rand(10, 1)], dim=1) for _ in range(2)]
+    losses = module.loss(feats, proposals, batch.targets, batch.metas)
+    assert losses["loss_grid"] > 0 and "loss_bbox" not in losses
+    sum(v for k, v in losses.items() if k.startswith("loss")).backward()
+    assert len(module.eval().predict(feats, proposals, batch.metas)) == 2
+
+
+def run_grid_rcnn(module):
+    """Grid R-CNN: RPN, classification and grid losses; detections."""
+    batch = _batch()
+    losses = module.loss(batch)
+    assert {"loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "loss_grid"} <= set(losses)
+    assert losses["loss_grid"] > 0
+    sum(v for k, v in losses.items() if k.startswith("loss")).backward()
+    assert len(module.eval().predict(batch)) == 2

@@ -98,3 +98,7 @@ __all__ += ["CascadeRCNN"]
 from detlab.models.detectors.mask_scoring_rcnn import MaskScoringRCNN  # noqa: E402
 
 __all__ += ["MaskScoringRCNN"]
+
+from detlab.models.detectors.grid_rcnn import GridRCNN  # noqa: E402
+
+__all__ += ["GridRCNN"]

@@ -45,3 +45,8 @@ if mask_heads_available():  # the mask branch's heads register themselves on imp
 from detlab.models.roi_heads.mask_scoring_roi_head import MaskScoringRoIHead  # noqa: E402
 
 __all__ += ["MaskScoringRoIHead"]
+
+from detlab.models.roi_heads.grid_head import GridHead  # noqa: E402
+from detlab.models.roi_heads.grid_roi_head import GridRoIHead  # noqa: E402
+
+__all__ += ["GridHead", "GridRoIHead"]
