@@ -157,6 +157,23 @@ def test_detections_and_masks_match_mmdetection(cascade_pair, rescale):
             assert ours_image.masks is None
 
 
+def test_flipped_input_gives_the_mirrored_masks():
+    """A test-time flip: the stages' averaged masks of a flipped input, mirrored back, are
+    those of the input taken as unflipped (test_mask_rcnn.py's check, on Cascade Mask R-CNN)."""
+    from test_mask_rcnn import test_flipped_input_gives_the_mirrored_masks as check
+
+    cfg = Config.fromfile(REPO / "configs" / CASCADE_MASK)
+    cfg.merge_from_dict(_small(True))
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # spread scores: enough detections to compare
+        for name, param in model.named_parameters():
+            if "fc_cls" in name or "rpn_cls" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.3)
+    check((None, model.eval()), "horizontal")
+
+
 def test_no_proposals_give_no_detections(cascade_pair):
     _, ours = cascade_pair
     feats = ours.extract_feat(torch.zeros(2, 3, HEIGHT, WIDTH))
