@@ -34,6 +34,7 @@ from detlab.config import ConfigError
 from detlab.models.assigners import SamplingResult
 from detlab.models.heads.base_dense_head import GroundTruth, check_cfg_keys, unpack_targets
 from detlab.models.heads.postprocess import result_meta
+from detlab.models.init import initialize
 from detlab.models.roi_heads.base_roi_head import BaseRoIHead
 from detlab.models.roi_heads.roi_extractors import boxes_to_rois
 from detlab.models.roi_heads.standard_roi_head import (
@@ -229,6 +230,15 @@ class CascadeRoIHead(BaseRoIHead):
                 self.bbox_sampler.append(MODELS.build(sampler, context=_StageView(self, stage)))
             else:
                 self.bbox_sampler.append(MODELS.build(sampler))
+
+    def init_weights(self) -> None:
+        """Apply ``init_cfg``, then each stage's extractor's and head's own initialization
+        (the stages sit in ``nn.ModuleList``\\ s, which have none of their own)."""
+        initialize(self, self.init_cfg)
+        for child in self.children():
+            for part in child if isinstance(child, nn.ModuleList) else [child]:
+                if callable(getattr(part, "init_weights", None)):
+                    part.init_weights()
 
     # ---- forward pieces ----------------------------------------------------------------------
 
