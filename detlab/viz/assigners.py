@@ -181,6 +181,15 @@ def _neck_overrides(neck: Any, in_channels: list[int] | None, channels: int, tin
     entry per level (the head's ``in_channels`` then)."""
     if neck is None:
         return in_channels
+    if isinstance(neck, (list, tuple)):  # necks in a row (Libra R-CNN's FPN + BFP)
+        parts, levels, out = [], in_channels, None
+        for part in neck:
+            sub: dict[str, Any] = {}
+            out = _neck_overrides(part, levels, channels, tiny_input, sub)
+            parts.append(dict(part, **{k.removeprefix("model.neck."): v for k, v in sub.items()}))
+            levels = out if out is not None else [channels]
+        options["model.neck"] = parts
+        return out
     if in_channels is not None and isinstance(neck.get("in_channels"), (list, tuple)):
         options["model.neck.in_channels"] = in_channels
     elif in_channels is not None and isinstance(neck.get("in_channels"), int):

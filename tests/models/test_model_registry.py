@@ -1002,6 +1002,34 @@ COMPONENTS = {
                                         rcnn=[RCNN_TRAIN_CFG] * 2),
                          test_cfg=dict(rpn=RPN_TEST_CFG, rcnn=RCNN_TEST_CFG)),
                     lambda module: run_cascade_rcnn(module)),
+    # Libra R-CNN: BFP, balanced samplers; Dynamic R-CNN; PISA R-CNN (ScoreHLRSampler)
+    "BFP": (dict(in_channels=8, num_levels=3, refine_level=1, refine_type="conv"),
+            lambda module: run_bfp(module)),
+    "CombinedSampler": (dict(num=8, pos_fraction=0.25, add_gt_as_proposals=False,
+                             pos_sampler=dict(type="InstanceBalancedPosSampler"),
+                             neg_sampler=dict(type="IoUBalancedNegSampler", floor_thr=-1,
+                                              floor_fraction=0, num_bins=3)), run_sampler),
+    "InstanceBalancedPosSampler": (dict(num=8, pos_fraction=0.5, add_gt_as_proposals=False),
+                                   run_sampler),
+    "IoUBalancedNegSampler": (dict(num=8, pos_fraction=0.25, floor_thr=0.1, floor_fraction=0.5,
+                                   add_gt_as_proposals=False), run_sampler),
+    "ScoreHLRSampler": (dict(num=8, pos_fraction=0.25,
+                             context=MODELS.build(dict(ROI_HEAD, train_cfg=None, test_cfg=None))),
+                        lambda obj: run_score_hlr_sampler(obj)),
+    "DynamicRoIHead": (dict({k: v for k, v in ROI_HEAD.items() if k != "type"},
+                            bbox_head=dict(ROI_HEAD["bbox_head"], loss_bbox=dict(
+                                type="SmoothL1Loss", beta=1.0, loss_weight=1.0)),
+                            train_cfg=dict(RCNN_TRAIN_CFG, dynamic_rcnn=dict(
+                                iou_topk=5, beta_topk=2, update_iter_interval=1,
+                                initial_iou=0.4, initial_beta=1.0)),
+                            test_cfg=RCNN_TEST_CFG),
+                       lambda module: run_roi_head(module)),
+    "PISARoIHead": (dict({k: v for k, v in ROI_HEAD.items() if k != "type"},
+                         train_cfg=dict(RCNN_TRAIN_CFG, sampler=dict(
+                             type="ScoreHLRSampler", num=16, pos_fraction=0.25, k=0.5, bias=0.0,
+                             score_thr=0.0), isr=dict(k=2, bias=0), carl=dict(k=1, bias=0.2)),
+                         test_cfg=RCNN_TEST_CFG),
+                    lambda module: run_roi_head(module)),
 }
 
 

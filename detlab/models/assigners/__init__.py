@@ -35,3 +35,13 @@ __all__ += ["OHEMSampler"]
 from detlab.models.assigners.region_assigner import RegionAssigner  # noqa: E402
 
 __all__ += ["RegionAssigner"]
+
+from detlab.models.assigners.balanced_samplers import (  # noqa: E402
+    CombinedSampler,
+    InstanceBalancedPosSampler,
+    IoUBalancedNegSampler,
+)
+from detlab.models.assigners.score_hlr_sampler import ScoreHLRSampler, nms_match  # noqa: E402
+
+__all__ += ["CombinedSampler", "InstanceBalancedPosSampler", "IoUBalancedNegSampler",
+            "ScoreHLRSampler", "nms_match"]

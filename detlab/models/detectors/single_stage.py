@@ -19,6 +19,7 @@ from torch import nn
 
 from detlab.config import ConfigError
 from detlab.models.init import initialize, is_pretrained
+from detlab.models.necks.neck_sequence import build_neck
 from detlab.models.utils import thaw
 from detlab.registry import MODELS
 from detlab.structures import Batch, DetResult
@@ -59,7 +60,7 @@ class SingleStageDetector(nn.Module):
                  init_cfg: Mapping | Sequence[Mapping] | None = None) -> None:
         super().__init__()
         self.backbone = MODELS.build(backbone, **_pretrained_arg(backbone, pretrained))
-        self.neck = MODELS.build(neck) if neck is not None else None
+        self.neck = build_neck(neck)  # a list of necks runs them in order (Libra's BFP)
         if bbox_head is None:
             raise ConfigError(f"{type(self).__name__} needs a bbox_head (model.bbox_head)")
         self.bbox_head = MODELS.build(bbox_head, train_cfg=train_cfg, test_cfg=test_cfg)

@@ -30,6 +30,7 @@ from detlab.models.detectors.single_stage import (
     feature_stride_mismatch,
 )
 from detlab.models.init import initialize, is_pretrained
+from detlab.models.necks.neck_sequence import build_neck
 from detlab.models.roi_heads import StandardRoIHead  # noqa: F401  (registers the RoI heads)
 from detlab.models.utils import thaw
 from detlab.registry import MODELS
@@ -73,7 +74,7 @@ class TwoStageDetector(nn.Module):
                 raise ConfigError(f"model.{name} of a two-stage detector must be a dict with "
                                   f"rpn and rcnn sections, got {cfg!r}")
         self.backbone = MODELS.build(backbone, **_pretrained_arg(backbone, pretrained))
-        self.neck = MODELS.build(neck) if neck is not None else None
+        self.neck = build_neck(neck)  # a list of necks runs them in order (Libra's BFP)
         self.train_cfg, self.test_cfg = thaw(train_cfg), thaw(test_cfg)
         self.init_cfg = thaw(init_cfg)
         self.rpn_head = None

@@ -31,3 +31,8 @@ __all__ += ["CTResNetNeck"]
 from detlab.models.necks.nasfcos_fpn import NASFCOS_FPN  # noqa: E402
 
 __all__ += ["NASFCOS_FPN"]
+
+from detlab.models.necks.bfp import BFP  # noqa: E402
+from detlab.models.necks.neck_sequence import NeckSequence, build_neck  # noqa: E402
+
+__all__ += ["BFP", "NeckSequence", "build_neck"]

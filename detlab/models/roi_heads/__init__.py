@@ -50,3 +50,8 @@ from detlab.models.roi_heads.grid_head import GridHead  # noqa: E402
 from detlab.models.roi_heads.grid_roi_head import GridRoIHead  # noqa: E402
 
 __all__ += ["GridHead", "GridRoIHead"]
+
+from detlab.models.roi_heads.dynamic_roi_head import DynamicRoIHead  # noqa: E402
+from detlab.models.roi_heads.pisa_roi_head import PISARoIHead  # noqa: E402
+
+__all__ += ["DynamicRoIHead", "PISARoIHead"]
