@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from detlab.config import ConfigError, did_you_mean
+from detlab.models.ops.conv_ws import ConvWS2d
 from detlab.models.ops.deform_conv import DeformConv2dPack, ModulatedDeformConv2dPack
 
 
@@ -175,6 +176,7 @@ _CONV_LAYERS: dict[str, type[nn.Module]] = {
     "Conv2d": nn.Conv2d, "Conv": nn.Conv2d,
     "DCN": DeformConv2dPack, "DCNv2": ModulatedDeformConv2dPack,
     "Conv2dAdaptivePadding": Conv2dAdaptivePadding, "NormedConv2d": NormedConv2d,
+    "ConvWS": ConvWS2d,  # weight standardization (the gn+ws configs)
 }
 CONV_TYPES = tuple(_CONV_LAYERS)
 

@@ -1030,6 +1030,12 @@ COMPONENTS = {
                              score_thr=0.0), isr=dict(k=2, bias=0), carl=dict(k=1, bias=0.2)),
                          test_cfg=RCNN_TEST_CFG),
                     lambda module: run_roi_head(module)),
+    # plugins (ResNet plugins=, BFP's refine, GRoIE's post_cfg)
+    "ContextBlock": (dict(in_channels=8, ratio=0.5, fusion_types=("channel_add", "channel_mul")),
+                     lambda module: run_plugin(module)),
+    "GeneralizedAttention": (dict(in_channels=8, num_heads=2, attention_type="1111"),
+                             lambda module: run_plugin(module)),
+    "NonLocal2d": (dict(in_channels=8), lambda module: run_plugin(module)),
 }
 
 
@@ -1367,3 +1373,10 @@ def run_grid_rcnn(module):
     assert losses["loss_grid"] > 0
     sum(v for k, v in losses.items() if k.startswith("loss")).backward()
     assert len(module.eval().predict(batch)) == 2
+
+
+def run_plugin(module):
+    x = torch.randn(2, 8, 6, 5)
+    out = module(x)
+    assert out.shape == x.shape
+    _backward_through(module, out)

@@ -22,6 +22,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 from detlab.config import ConfigError
 from detlab.models.init import default_resnet_init, initialize, is_pretrained
 from detlab.models.ops.deform_conv import DeformConv2dPack, ModulatedDeformConv2dPack
+from detlab.models.plugins import build_plugin_layer
 from detlab.models.utils import (
     FrozenStagesMixin,
     build_conv_layer,
@@ -55,9 +56,88 @@ def rename_norm_keys(state_dict: dict, prefix: str, old: str, new: str) -> None:
         state_dict[prefix + pattern.sub(rf"\g<1>{new}\g<2>.", key[len(prefix):])] = value
 
 
+PLUGIN_POSITIONS = ("after_conv1", "after_conv2", "after_conv3")
+
+
+class PluginBottleneck(Bottleneck):
+    """torchvision's Bottleneck with MMDetection's plugin slots: the modules named in
+    ``plugin_names[position]`` run, in order, after conv1 + norm + ReLU (``after_conv1``),
+    conv2 + norm + ReLU (``after_conv2``) and conv3 + norm (``after_conv3``, before the
+    residual sum). The plugins are attributes of the block under mmcv's names
+    (``context_block``, ``gen_attention_block`` ...), so the state_dict is MMDetection's."""
+
+    plugin_names: dict[str, list[str]]
+
+    def _plugins(self, x: torch.Tensor, position: str) -> torch.Tensor:
+        for name in self.plugin_names[position]:
+            x = getattr(self, name)(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._plugins(self.relu(self.bn1(self.conv1(x))), "after_conv1")
+        out = self._plugins(self.relu(self.bn2(self.conv2(out))), "after_conv2")
+        out = self._plugins(self.bn3(self.conv3(out)), "after_conv3")
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + identity)
+
+
+def add_block_plugins(layer: Bottleneck, plugins: Sequence[Mapping]) -> PluginBottleneck:
+    """Turn ``layer`` into a :class:`PluginBottleneck` holding ``plugins`` (each
+    ``dict(cfg=dict(type=...), position='after_conv1' | 'after_conv2' | 'after_conv3')``; a
+    ``postfix`` key in ``cfg`` tells apart two plugins of one type). A plugin after conv1 /
+    conv2 sees the block's inner width, after conv3 its output width."""
+    layer.__class__ = PluginBottleneck
+    layer.plugin_names = {position: [] for position in PLUGIN_POSITIONS}
+    channels = dict(after_conv1=layer.conv1.out_channels, after_conv2=layer.conv2.out_channels,
+                    after_conv3=layer.conv3.out_channels)
+    for plugin in plugins:
+        cfg = dict(plugin["cfg"])
+        postfix = cfg.pop("postfix", "")
+        name, module = build_plugin_layer(cfg, "backbone.plugins[].cfg", postfix,
+                                          in_channels=channels[plugin["position"]])
+        if hasattr(layer, name):
+            raise ConfigError(f"backbone.plugins: two plugins named {name!r} in one block; give "
+                              f"each of them a distinct cfg postfix (e.g. postfix=1)")
+        layer.add_module(name, module)
+        layer.plugin_names[plugin["position"]].append(name)
+    return layer
+
+
+def check_plugins(plugins: Sequence[Mapping] | None, num_stages: int) -> list[dict] | None:
+    """Validate ResNet ``plugins`` (MMDetection's format) and return plain dicts."""
+    if plugins is None:
+        return None
+    checked = []
+    for i, plugin in enumerate(plugins):
+        where = f"backbone.plugins[{i}]"
+        if not isinstance(plugin, Mapping) or "cfg" not in plugin or "position" not in plugin:
+            raise ConfigError(f"{where} must be dict(cfg=dict(type=...), position=..., "
+                              f"stages=...), got {plugin!r}")
+        if plugin["position"] not in PLUGIN_POSITIONS:
+            raise ConfigError(f"{where}.position must be one of {', '.join(PLUGIN_POSITIONS)}, "
+                              f"got {plugin['position']!r}")
+        stages = plugin.get("stages")
+        if stages is not None and len(stages) != num_stages:
+            raise ConfigError(f"{where}.stages {tuple(stages)} needs one bool per stage "
+                              f"({num_stages}); leave it out to plug every stage")
+        checked.append(thaw(dict(plugin)))
+    return checked
+
+
+def _conv(conv_cfg: Mapping | None, conv: nn.Conv2d) -> nn.Module:
+    """``conv`` rebuilt as ``conv_cfg`` says (e.g. ConvWS), same geometry."""
+    if conv_cfg is None:
+        return conv
+    return build_conv_layer(conv_cfg, conv.in_channels, conv.out_channels, conv.kernel_size,
+                            stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
+                            groups=conv.groups, bias=conv.bias is not None)
+
+
 def make_block(block: type[nn.Module], inplanes: int, planes: int, stride: int, dilation: int,
                style: str, norm_cfg: Mapping, downsample: nn.Module | None,
-               dcn: Mapping | None = None, groups: int = 1, base_width: int = 64) -> nn.Module:
+               dcn: Mapping | None = None, groups: int = 1, base_width: int = 64,
+               conv_cfg: Mapping | None = None,
+               plugins: Sequence[Mapping] | None = None) -> nn.Module:
     """One torchvision residual block with MMDetection's stride/dilation placement.
 
     Bottleneck, ``'pytorch'`` style: stride on the 3x3 conv (torchvision's own layout);
@@ -68,13 +148,23 @@ def make_block(block: type[nn.Module], inplanes: int, planes: int, stride: int, 
     ``groups`` / ``base_width`` (Bottleneck only): the 3x3 conv has ``groups`` groups and the
     block's inner width is ``floor(planes * base_width / 64) * groups`` -- torchvision's (and
     MMDetection's ResNeXt) rule; ``groups=1, base_width=64`` is the plain ResNet block.
+    ``conv_cfg``: the block's convs (e.g. ``dict(type='ConvWS')``); ``plugins`` (Bottleneck
+    only): see :func:`add_block_plugins`.
     """
     norm_layer = partial(_norm, norm_cfg)
+    if dcn is not None and conv_cfg is not None:
+        raise ConfigError("ResNet: set conv_cfg or dcn, not both (MMDetection's Bottleneck "
+                          "needs conv_cfg=None with a deformable conv2)")
     if block is Bottleneck:
         layer = Bottleneck(inplanes, planes, stride, downsample, groups=groups,
                            base_width=base_width, dilation=dilation, norm_layer=norm_layer)
         if style == "caffe" and stride != 1:
             layer.conv1.stride, layer.conv2.stride = (stride, stride), (1, 1)
+        layer.conv1, layer.conv2, layer.conv3 = (_conv(conv_cfg, layer.conv1),
+                                                 _conv(conv_cfg, layer.conv2),
+                                                 _conv(conv_cfg, layer.conv3))
+        if plugins:
+            layer = add_block_plugins(layer, plugins)
         if dcn is not None:
             dcn = dict(dcn)
             if not dcn.pop("fallback_on_stride", False):
@@ -90,26 +180,32 @@ def make_block(block: type[nn.Module], inplanes: int, planes: int, stride: int, 
     if dcn is not None:
         raise ConfigError("ResNet dcn= needs Bottleneck blocks (depth 50, 101 or 152); "
                           "MMDetection's BasicBlock (depth 18 / 34) has no deformable conv")
+    if plugins:
+        raise ConfigError("ResNet plugins= need Bottleneck blocks (depth 50, 101 or 152); "
+                          "MMDetection's BasicBlock (depth 18 / 34) takes no plugins")
     layer = BasicBlock(inplanes, planes, stride, downsample, norm_layer=norm_layer)
     # torchvision's BasicBlock refuses dilation; MMDetection dilates its first conv only
     layer.conv1.dilation = layer.conv1.padding = (dilation, dilation)
+    layer.conv1, layer.conv2 = _conv(conv_cfg, layer.conv1), _conv(conv_cfg, layer.conv2)
     return layer
 
 
 def make_res_layer(block: type[nn.Module], inplanes: int, planes: int, num_blocks: int,
                    stride: int, dilation: int, style: str, norm_cfg: Mapping,
                    dcn: Mapping | None = None, groups: int = 1,
-                   base_width: int = 64) -> nn.Sequential:
+                   base_width: int = 64, conv_cfg: Mapping | None = None,
+                   plugins: Sequence[Mapping] | None = None) -> nn.Sequential:
     """A stage of ``num_blocks`` blocks; the first one downsamples (1x1 conv + norm, torchvision's
     ``downsample.0`` / ``downsample.1``) when the stride or the channel count changes.
-    ``groups`` / ``base_width``: see :func:`make_block`."""
+    ``groups`` / ``base_width`` / ``conv_cfg`` / ``plugins``: see :func:`make_block`."""
     out_channels = planes * block.expansion
     downsample = None
     if stride != 1 or inplanes != out_channels:
         downsample = nn.Sequential(
-            nn.Conv2d(inplanes, out_channels, kernel_size=1, stride=stride, bias=False),
+            build_conv_layer(conv_cfg, inplanes, out_channels, kernel_size=1, stride=stride,
+                             bias=False),
             _norm(norm_cfg, out_channels))
-    width = dict(groups=groups, base_width=base_width)
+    width = dict(groups=groups, base_width=base_width, conv_cfg=conv_cfg, plugins=plugins)
     blocks = [make_block(block, inplanes, planes, stride, dilation, style, norm_cfg, downsample,
                          dcn, **width)]
     blocks += [make_block(block, out_channels, planes, 1, dilation, style, norm_cfg, None, dcn,
@@ -147,6 +243,15 @@ class ResNet(FrozenStagesMixin, nn.Module):
             ``floor(planes * base_width / 64) * groups`` (torchvision's ``groups`` /
             ``width_per_group``). MMDetection's ResNet has no such arguments: its configs reach
             them through ``type='ResNeXt'`` (:class:`ResNeXt`); the defaults are plain ResNet.
+        conv_cfg: every conv's config (stem, blocks, downsample), e.g.
+            ``dict(type='ConvWS')`` (weight standardization, the gn+ws configs); None is a
+            plain conv.
+        plugins: MMDetection's Bottleneck plugins, e.g. ``[dict(cfg=dict(type='ContextBlock',
+            ratio=1. / 4), stages=(False, True, True, True), position='after_conv3')]``:
+            ``cfg`` builds a registered plugin (``ContextBlock``, ``GeneralizedAttention``,
+            ``NonLocal2d``; see :mod:`detlab.models.plugins`) with the block's channels;
+            ``stages`` (one bool per stage, default all) picks the stages, ``position``
+            the slot in each of their blocks (``after_conv1`` / ``2`` / ``3``).
     """
 
     def __init__(self, depth: int, in_channels: int = 3, num_stages: int = 4,
@@ -160,7 +265,8 @@ class ResNet(FrozenStagesMixin, nn.Module):
                  zero_init_residual: bool = True,
                  init_cfg: Mapping | Sequence[Mapping] | None = None,
                  pretrained: str | None = None, *, groups: int = 1,
-                 base_width: int = 64) -> None:
+                 base_width: int = 64, conv_cfg: Mapping | None = None,
+                 plugins: Sequence[Mapping] | None = None) -> None:
         super().__init__()
         self._check_args(depth, num_stages, strides, dilations, out_indices, style,
                          frozen_stages)
@@ -181,8 +287,10 @@ class ResNet(FrozenStagesMixin, nn.Module):
         if dcn is not None and len(self.stage_with_dcn) != num_stages:
             raise ConfigError(f"ResNet stage_with_dcn {self.stage_with_dcn} needs one entry per "
                               f"stage ({num_stages})")
+        self.conv_cfg, self.plugins = thaw(conv_cfg), check_plugins(plugins, num_stages)
         block, stage_blocks = ARCH_SETTINGS[depth]
-        self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.conv1 = build_conv_layer(conv_cfg, in_channels, 64, kernel_size=7, stride=2,
+                                      padding=3, bias=False)
         self.bn1 = _norm(norm_cfg, 64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
@@ -190,9 +298,13 @@ class ResNet(FrozenStagesMixin, nn.Module):
         for i in range(num_stages):
             planes = 64 * 2**i
             stage_dcn = self.dcn if dcn is not None and self.stage_with_dcn[i] else None
+            stage_plugins = [{k: v for k, v in p.items() if k != "stages"}
+                             for p in self.plugins or ()
+                             if p.get("stages") is None or p["stages"][i]]
             layer = make_res_layer(block, inplanes, planes, stage_blocks[i], strides[i],
                                    dilations[i], style, norm_cfg, stage_dcn, groups=groups,
-                                   base_width=base_width)
+                                   base_width=base_width, conv_cfg=conv_cfg,
+                                   plugins=stage_plugins)
             self.add_module(f"layer{i + 1}", layer)
             inplanes = planes * block.expansion
             self.stage_channels.append(inplanes)
@@ -234,6 +346,12 @@ class ResNet(FrozenStagesMixin, nn.Module):
         (``conv_offset`` 0), so each starts as a plain conv -- as MMDetection's models start
         from a pretrained backbone."""
         default_resnet_init(self)
+        for stage in self.stages():  # plugins re-run their own init, as in MMDetection
+            for block in stage:
+                for name in [n for names in getattr(block, "plugin_names", {}).values()
+                             for n in names]:
+                    if hasattr(getattr(block, name), "init_weights"):
+                        getattr(block, name).init_weights()
         for m in self.modules():
             if isinstance(m, (DeformConv2dPack, ModulatedDeformConv2dPack)):
                 nn.init.zeros_(m.conv_offset.weight)
@@ -309,7 +427,8 @@ class ResNeXt(ResNet):
                  stage_with_dcn: Sequence[bool] = (False, False, False, False),
                  zero_init_residual: bool = True,
                  init_cfg: Mapping | Sequence[Mapping] | None = None,
-                 pretrained: str | None = None) -> None:
+                 pretrained: str | None = None, conv_cfg: Mapping | None = None,
+                 plugins: Sequence[Mapping] | None = None) -> None:
         if depth not in (50, 101, 152):
             raise ConfigError(f"ResNeXt depth must be 50, 101 or 152 (Bottleneck depths), got "
                               f"{depth!r}; use type='ResNet' for depth 18 / 34")
@@ -319,5 +438,6 @@ class ResNeXt(ResNet):
         super().__init__(depth, in_channels, num_stages, strides, dilations, out_indices, style,
                          frozen_stages, norm_cfg, norm_eval, with_cp, dcn, stage_with_dcn,
                          zero_init_residual, init_cfg, pretrained, groups=groups,
-                         base_width=base_width if groups > 1 else 64)
+                         base_width=base_width if groups > 1 else 64, conv_cfg=conv_cfg,
+                         plugins=plugins)
         self.groups, self.base_width = groups, base_width
