@@ -5,12 +5,14 @@ state_dict."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
-from reference.mmdet_reference import import_mmdet
+from reference.mmdet_reference import import_mmdet, mmdet_config_dir
 from torch import nn
 
-from detlab.config import ConfigError
+from detlab.config import Config, ConfigError
 from detlab.models.plugins import ContextBlock, GeneralizedAttention, NonLocal2d
 from detlab.registry import MODELS
 
@@ -203,3 +205,19 @@ def test_resnet_plugin_errors():
                           strides=(1, 2, 2), dilations=(1, 1, 1), out_indices=(2,)))
     with pytest.raises(ConfigError, match="postfix"):
         MODELS.build(dict(type="ResNet", depth=50, plugins=[NONLOCAL[0], NONLOCAL[0]]))
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+SHIPPED = ["gcnet/mask_rcnn_r50_fpn_syncbn-backbone_r4_gcb_c3-c5_1x_coco.py",
+           "gn+ws/faster_rcnn_r50_fpn_gn_ws-all_1x_coco.py"]
+
+
+@pytest.mark.parametrize("config", SHIPPED)
+def test_detlab_config_is_mmdetections(config):
+    """The shipped GCNet (SyncBN builds plain BatchNorm in one process) and GN+WS configs."""
+    mine = Config.fromfile(REPO / "configs" / config)
+    theirs = Config.fromfile(mmdet_config_dir() / config)
+    assert mine.to_dict() == theirs.to_dict()
+
