@@ -67,9 +67,10 @@ class BFP(nn.Module):
             self.refine = ConvModule(in_channels, in_channels, 3, padding=1,
                                      conv_cfg=conv_cfg, norm_cfg=norm_cfg)
         elif refine_type == "non_local":
-            self.refine = MODELS.build(dict(type="NonLocal2d", in_channels=in_channels,
-                                            reduction=1, use_scale=False,
-                                            conv_cfg=thaw(conv_cfg), norm_cfg=thaw(norm_cfg)))
+            from detlab.models.plugins import NonLocal2d  # the plugin layers, on demand
+
+            self.refine = NonLocal2d(in_channels, reduction=1, use_scale=False,
+                                     conv_cfg=thaw(conv_cfg), norm_cfg=thaw(norm_cfg))
         initialize(self, self.init_cfg, load_pretrained=False)
         self._init_refine()
 
