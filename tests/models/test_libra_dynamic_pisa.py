@@ -318,3 +318,41 @@ def test_dynamic_roi_head_configuration_errors():
     head["bbox_head"]["loss_bbox"] = dict(type="SmoothL1Loss", beta=1.0, loss_weight=1.0)
     with pytest.raises(ConfigError, match="dynamic_rcnn"):
         MODELS.build(dict(head, type="DynamicRoIHead", train_cfg=train, test_cfg=test))
+
+
+@pytest.mark.slow
+def test_pisa_mask_rcnn_losses_match_mmdetection():
+    """pisa_mask_rcnn: PISA's box losses beside the mask loss, MMDetection's weights in a small
+    model (test_mask_rcnn's), ground truth or none."""
+    import test_mask_rcnn as masks
+
+    import_mmdet()
+    from mmdet.models import build_detector
+
+    config = "pisa/pisa_mask_rcnn_r50_fpn_1x_coco.py"
+    reference_cfg = load_mmdet_config(config)
+    reference_cfg.merge_from_dict(masks.SMALL)
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = build_detector(reference_cfg.model)
+    _randomize_detector(reference)
+    cfg = Config.fromfile(mmdet_config_dir() / config)  # not shipped: MMDetection's copy
+    cfg.merge_from_dict(masks.SMALL)
+    ours = build_model(cfg.model)
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    images = torch.randn(2, 3, masks.HEIGHT, masks.WIDTH,
+                         generator=torch.Generator().manual_seed(4))
+    for empty in (False, True):
+        metas, targets = masks._metas(), masks._targets(empty)
+        with mmdet_runs():
+            torch.manual_seed(11)
+            expected = masks._mmdet_losses(reference, images, metas, targets)
+        torch.manual_seed(11)
+        actual = ours.train().loss(Batch(images, targets, metas))
+        ours.eval()
+        assert set(actual) == set(expected) >= {"loss_carl", "loss_mask"}
+        for key in expected:
+            torch.testing.assert_close(actual[key].reshape(-1), expected[key].reshape(-1),
+                                       rtol=1e-5, atol=1e-6, msg=lambda m, key=key: f"{key}: {m}")
+        assert (actual["loss_mask"] == 0) == empty
