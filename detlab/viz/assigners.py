@@ -115,7 +115,7 @@ def _two_stage_overrides(model: Any, in_channels: int, channels: int, num_classe
     if roi.get("grid_head") is not None:  # Grid R-CNN: 9 points of 4 channels (GN of 36)
         options["model.roi_head.grid_head.in_channels"] = in_channels
         options["model.roi_head.grid_head.point_feat_channels"] = 4
-    for key in ("bbox_head", "mask_head", "mask_iou_head"):
+    for key in ("bbox_head", "mask_head", "mask_iou_head", "point_head"):
         heads = roi.get(key)
         if isinstance(heads, (list, tuple)):
             options[f"model.roi_head.{key}"] = [
@@ -134,7 +134,7 @@ def _roi_part_overrides(head: Any, in_channels: int, channels: int, num_classes:
     options: dict[str, Any] = {}
     if "in_channels" in head or head.get("type") in _ROI_HEADS_WITH_DEFAULT_WIDTH:
         options["in_channels"] = in_channels
-    for key in ("conv_out_channels", "fc_out_channels"):
+    for key in ("conv_out_channels", "fc_out_channels", "fc_channels"):
         if key in head:
             options[key] = channels
     if "num_classes" in head:

@@ -357,6 +357,21 @@ GRID_ROI_HEAD = dict({k: v for k, v in ROI_HEAD.items() if k != "type"},
                      grid_roi_extractor=dict(ROI_EXTRACTOR, type="SingleRoIExtractor"),
                      grid_head=dict(GRID_HEAD, type="GridHead"))
 GRID_RCNN_TRAIN_CFG = dict(RCNN_TRAIN_CFG, pos_radius=1, max_num_grid=192)
+COARSE_MASK_HEAD = dict(num_fcs=1, in_channels=8, conv_out_channels=8, fc_out_channels=8,
+                        roi_feat_size=4, num_classes=2)
+POINT_HEAD = dict(num_fcs=1, in_channels=8, fc_channels=8, num_classes=2)
+POINT_REND_ROI_HEAD = dict({k: v for k, v in ROI_HEAD.items() if k != "type"},
+                           mask_roi_extractor=dict(type="GenericRoIExtractor",
+                                                   aggregation="concat", out_channels=8,
+                                                   roi_layer=dict(type="SimpleRoIAlign",
+                                                                  output_size=4),
+                                                   featmap_strides=[8]),
+                           mask_head=dict(COARSE_MASK_HEAD, type="CoarseMaskHead"),
+                           point_head=dict(POINT_HEAD, type="MaskPointHead"))
+POINT_REND_TRAIN_CFG = dict(RCNN_TRAIN_CFG, mask_size=2, num_points=4, oversample_ratio=3,
+                            importance_sample_ratio=0.75)
+POINT_REND_TEST_CFG = dict(RCNN_TEST_CFG, mask_thr_binary=0.5, subdivision_steps=2,
+                           subdivision_num_points=16, scale_factor=2)
 
 
 def run_roi_extractor(module):
@@ -979,6 +994,19 @@ COMPONENTS = {
                                      rcnn=GRID_RCNN_TRAIN_CFG),
                       test_cfg=dict(rpn=RPN_TEST_CFG, rcnn=RCNN_TEST_CFG)),
                  lambda module: run_grid_rcnn(module)),
+    # PointRend: CoarseMaskHead (2 x 2 masks), MaskPointHead, PointRendRoIHead, PointRend
+    "CoarseMaskHead": (COARSE_MASK_HEAD, lambda module: run_coarse_mask_head(module)),
+    "MaskPointHead": (POINT_HEAD, lambda module: run_mask_point_head(module)),
+    "PointRendRoIHead": (dict(POINT_REND_ROI_HEAD, train_cfg=POINT_REND_TRAIN_CFG,
+                              test_cfg=POINT_REND_TEST_CFG),
+                         lambda module: run_point_rend_roi_head(module)),
+    "PointRend": (dict(backbone=DETECTOR["backbone"], neck=DETECTOR["neck"],
+                       rpn_head=dict(RPN_HEAD, type="RPNHead"),
+                       roi_head=dict(POINT_REND_ROI_HEAD, type="PointRendRoIHead"),
+                       train_cfg=dict(rpn=RPN_TRAIN_CFG, rpn_proposal=RPN_TEST_CFG,
+                                      rcnn=POINT_REND_TRAIN_CFG),
+                       test_cfg=dict(rpn=RPN_TEST_CFG, rcnn=POINT_REND_TEST_CFG)),
+                  lambda module: run_mask_rcnn(module)),
     # Cascade R-CNN: CascadeRoIHead (two stages, masks), CascadeRCNN
     "CascadeRoIHead": (dict(num_stages=2, stage_loss_weights=[1, 0.5],
                             bbox_roi_extractor=dict(ROI_EXTRACTOR, type="SingleRoIExtractor"),
@@ -1380,3 +1408,40 @@ def run_plugin(module):
     out = module(x)
     assert out.shape == x.shape
     _backward_through(module, out)
+
+
+def run_coarse_mask_head(module):
+    """CoarseMaskHead: 2 x 2 logits of 4 x 4 RoI features and their loss."""
+    pred = module(torch.randn(3, 8, 4, 4))
+    assert pred.shape == (3, 2, 2, 2)
+    losses = module.loss(pred, (torch.rand(3, 2, 2) > 0.5).float(), torch.tensor([0, 1, 1]))
+    assert losses["loss_mask"] > 0
+    losses["loss_mask"].backward()
+
+
+def run_mask_point_head(module):
+    """MaskPointHead: point logits, their loss, uncertain points for training and testing."""
+    coarse = torch.randn(3, 2, 5)
+    pred = module(torch.randn(3, 8, 5), coarse)
+    labels = torch.tensor([0, 1, 1])
+    losses = module.loss(pred, torch.rand(3, 5), labels)
+    assert pred.shape == (3, 2, 5) and losses["loss_point"] > 0
+    losses["loss_point"].backward()
+    masks = torch.randn(3, 2, 4, 4)
+    points = module.get_roi_rel_points_train(masks, labels, dict(
+        num_points=6, oversample_ratio=2, importance_sample_ratio=0.5))
+    cells, centers = module.get_roi_rel_points_test(masks, labels,
+                                                    dict(subdivision_num_points=5))
+    assert points.shape == (3, 6, 2) and cells.shape == (3, 5) and centers.shape == (3, 5, 2)
+
+
+def run_point_rend_roi_head(module):
+    """PointRendRoIHead: box, coarse mask and point losses; refined masks at test time."""
+    feats = [torch.randn(2, 8, 4, 4), torch.randn(2, 8, 2, 2)]
+    batch = _with_masks(_batch())
+    proposals = [torch.cat([_boxes(10), torch.rand(10, 1)], dim=1) for _ in range(2)]
+    losses = module.loss(feats, proposals, batch.targets, batch.metas)
+    assert losses["loss_mask"] > 0 and losses["loss_point"] > 0
+    sum(v for k, v in losses.items() if k.startswith("loss")).backward()
+    results = module.eval().predict(feats, proposals, batch.metas)
+    assert all(r.masks is not None and len(r.masks) == len(r) for r in results)

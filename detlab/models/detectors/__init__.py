@@ -102,3 +102,7 @@ __all__ += ["MaskScoringRCNN"]
 from detlab.models.detectors.grid_rcnn import GridRCNN  # noqa: E402
 
 __all__ += ["GridRCNN"]
+
+from detlab.models.detectors.point_rend import PointRend  # noqa: E402
+
+__all__ += ["PointRend"]

@@ -55,3 +55,8 @@ from detlab.models.roi_heads.dynamic_roi_head import DynamicRoIHead  # noqa: E40
 from detlab.models.roi_heads.pisa_roi_head import PISARoIHead  # noqa: E402
 
 __all__ += ["DynamicRoIHead", "PISARoIHead"]
+
+from detlab.models.roi_heads.point_rend_roi_head import PointRendRoIHead  # noqa: E402
+from detlab.models.roi_heads.point_sample import SimpleRoIAlign  # noqa: E402
+
+__all__ += ["PointRendRoIHead", "SimpleRoIAlign"]

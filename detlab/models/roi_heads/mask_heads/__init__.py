@@ -12,3 +12,8 @@ __all__ = ["FCNMaskHead", "mask_targets", "paste_masks"]
 from detlab.models.roi_heads.mask_heads.maskiou_head import MaskIoUHead  # noqa: E402
 
 __all__ += ["MaskIoUHead"]
+
+from detlab.models.roi_heads.mask_heads.coarse_mask_head import CoarseMaskHead  # noqa: E402
+from detlab.models.roi_heads.mask_heads.mask_point_head import MaskPointHead  # noqa: E402
+
+__all__ += ["CoarseMaskHead", "MaskPointHead"]
