@@ -227,6 +227,12 @@ class GeneralizedAttention(nn.Module):
         position_magnitude: the coordinate differences' multiplier.
         kv_stride, q_stride: the keys' / values' and the queries' subsampling strides.
         attention_type: four ``'0'`` / ``'1'`` characters (above).
+
+    Outputs equal mmcv's for every ``attention_type`` MMDetection's configs use (``'1111'``,
+    ``'0010'``) and all others but one family: with the query-position term and without the
+    geometry one (``'0100'``, ``'1100'``, ``'0110'``, ``'1110'``), mmcv's y-offset term reads
+    the query grid transposed (and fails on non-square maps); detlab computes that term as the
+    ``'1111'`` branch does.
     """
 
     _abbr_ = "gen_attention_block"
