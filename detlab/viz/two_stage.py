@@ -207,17 +207,19 @@ def draw_kept(inspection: TwoStageInspection, scale: int = 1,
     return draw_detections(_enlarge(inspection.image, scale), scaled, class_names=class_names)
 
 
-def mask_panels(inspection: TwoStageInspection, count: int = 4, size: int = 84) -> np.ndarray:
+def mask_panels(inspection: TwoStageInspection, count: int = 4,
+                size: int | None = None) -> np.ndarray:
     """For the ``count`` best kept detections, side by side: the mask head's ``28 x 28``
-    probabilities of the detection's class (gray, ``size`` pixels) and its mask pasted into the
-    image (tinted, enlarged to about ``size`` pixels). Raises ValueError for a model without a
-    mask head."""
+    probabilities of the detection's class (gray, ``size`` pixels square; default the image's
+    longer side) and its mask pasted into the image (tinted, enlarged by a whole factor to about
+    ``size``). Raises ValueError for a model without a mask head."""
     if inspection.mask_logits is None or inspection.detections.masks is None:
         raise ValueError("mask_panels needs a Mask R-CNN's inspection (no mask head here)")
     det = inspection.detections
     count = min(count, len(det))
     if count == 0:
         return image_grid([inspection.image], titles=["no detection kept"])
+    size = size or max(inspection.image.shape[:2])
     panels, titles = [], []
     for i in range(count):
         logits = inspection.mask_logits[i]

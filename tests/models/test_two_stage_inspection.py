@@ -103,6 +103,7 @@ def test_drawings(seen):
     assert draw_kept(seen, scale=3).shape == (3 * h, 3 * w, 3)
     panels = mask_panels(seen, count=2, size=56)
     assert panels.ndim == 3 and panels.shape[1] >= 2 * 56
+    assert mask_panels(seen, count=1).shape[1] >= 2 * w  # by default, the image's size
     with pytest.raises(ValueError, match="mask head"):
         mask_panels(dataclasses.replace(seen, mask_logits=None))
 
