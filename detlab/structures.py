@@ -227,7 +227,8 @@ class DetResult:
 
     def to_coco(self, image_id: int, cat_ids: Sequence[int]) -> list[dict[str, Any]]:
         """COCO result rows: ``image_id``, ``category_id`` (``cat_ids[label]``), ``bbox``
-        ``[x, y, w, h]``, ``score`` (and ``segmentation`` as RLE when there are masks)."""
+        ``[x, y, w, h]``, ``score`` (and ``segmentation`` as RLE when there are masks, with
+        ``mask_score`` when the masks are scored apart, which the segm evaluation uses)."""
         labels = self.labels.tolist()
         bad = [label for label in labels if not 0 <= label < len(cat_ids)]
         if bad:
@@ -245,6 +246,9 @@ class DetResult:
             for row, rle in zip(rows, mask_utils.encode(masks), strict=True):
                 rle["counts"] = rle["counts"].decode("ascii")
                 row["segmentation"] = rle
+            if self.mask_scores is not None:  # what the segm evaluation ranks masks by
+                for row, mask_score in zip(rows, self.mask_scores.tolist(), strict=True):
+                    row["mask_score"] = float(mask_score)
         return rows
 
     def to_mmdet(self, num_classes: int) -> list[np.ndarray]:

@@ -70,7 +70,9 @@ class ResultColumns:
         caller finds and names it)."""
         image_id = np.array([r["image_id"] for r in rows], dtype=np.int64)
         category_id = np.array([r["category_id"] for r in rows], dtype=np.int64)
-        score = np.array([r["score"] for r in rows], dtype=np.float64)
+        # a mask scored apart from its box (Mask Scoring R-CNN) ranks by its mask_score
+        score = np.array([r.get("mask_score", r["score"]) if segm else r["score"]
+                          for r in rows], dtype=np.float64)
         if segm:
             masks = [r["segmentation"] for r in rows]
             if not all(isinstance(m, dict) for m in masks):

@@ -192,3 +192,34 @@ def test_configuration_errors():
         build_model(dict(type="MaskScoringRoIHead", bbox_roi_extractor=None, bbox_head=None))
     with pytest.raises(ConfigError, match="num_convs"):
         MaskIoUHead(num_convs=0)
+
+
+def test_segm_evaluation_ranks_masks_by_their_mask_scores(shapes_root):
+    """As MMDetection's segm results of Mask Scoring R-CNN: each shape's true mask and an
+    empty one on the same box, the empty one with the higher box score; ranked by box score
+    the masks score below 1, ranked by their mask scores (true masks first) they score 1."""
+    from test_mask_rcnn import _shapes_config
+
+    import detlab
+    from detlab.data.masks import decode_rles, segmentation_to_rle
+    from detlab.structures import DetResult
+
+    dataset = detlab.build_dataset(_shapes_config(shapes_root).data.val)
+    results = []
+    for info in dataset.data_infos:
+        anns = dataset.coco.loadAnns(dataset.coco.getAnnIds(imgIds=[info["id"]]))
+        h, w, n = info["height"], info["width"], len(anns)
+        masks = torch.from_numpy(decode_rles([segmentation_to_rle(a["segmentation"], h, w)
+                                              for a in anns])).bool()
+        boxes = torch.tensor([[x, y, x + bw, y + bh] for x, y, bw, bh in
+                              (a["bbox"] for a in anns)], dtype=torch.float32)
+        labels = torch.tensor([dataset.cat_ids.index(a["category_id"]) for a in anns])
+        results.append(DetResult(boxes.repeat(2, 1), torch.cat([torch.full((n,), 0.5),
+                                                               torch.ones(n)]),
+                                 labels.repeat(2), masks=torch.cat([masks,
+                                                                    torch.zeros_like(masks)])))
+    by_box = dataset.evaluate(results, metric="segm")["segm_mAP"]
+    for result in results:
+        n = len(result) // 2
+        result.mask_scores = torch.cat([torch.ones(n), torch.full((n,), 0.1)])
+    assert by_box < 1.0 and dataset.evaluate(results, metric="segm")["segm_mAP"] == 1.0
