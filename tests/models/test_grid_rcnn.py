@@ -170,3 +170,18 @@ def test_configuration_errors():
                                                              torch.zeros(0, 4))], {})
     with pytest.raises(ConfigError, match="grid_head"):
         build_model(dict(type="GridRoIHead", bbox_roi_extractor=None, bbox_head=None))
+
+
+def test_flipped_input_gives_the_mirrored_boxes(grid_pair):
+    """A test-time flip: the refined boxes of a flipped input (meta flip=True) are those of
+    the same input taken as unflipped, mirrored back into the original image."""
+    from detlab.structures import flip_boxes
+
+    _, ours = grid_pair
+    images, meta = _images(9)[:1], _metas()[0]
+    (plain,) = ours.predict(Batch(images, [{}], [meta]))
+    (flipped,) = ours.predict(Batch(images, [{}], [dict(meta, flip=True,
+                                                        flip_direction="horizontal")]))
+    assert len(plain) == len(flipped) > 5
+    torch.testing.assert_close(flipped.boxes, flip_boxes(plain.boxes, meta["ori_shape"],
+                                                         "horizontal"), rtol=0, atol=1e-3)

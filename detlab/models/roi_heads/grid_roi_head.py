@@ -7,7 +7,8 @@ Training: the box branch's loss as :class:`StandardRoIHead`'s, then the positive
 random (up to 15 % of their size; the grid learns to correct them), at most
 ``train_cfg.rcnn.max_num_grid`` of them drawn at random, and ``loss_grid`` (added to the box
 branch's losses; absent, as in MMDetection, when a batch has no positive). Testing: the box
-head's detections (in input pixels), their grid heatmaps, the refined boxes, then rescaled.
+head's detections (in input pixels), their grid heatmaps, the refined boxes, then brought back
+to the original image (a flipped input's boxes un-flipped).
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from torch import nn
 
 from detlab.config import ConfigError
 from detlab.models.assigners import SamplingResult
-from detlab.models.heads.postprocess import result_meta
+from detlab.models.heads.postprocess import boxes_to_original, result_meta
 from detlab.models.roi_heads.base_roi_head import RCNN_TRAIN_CFG_KEYS
 from detlab.models.roi_heads.roi_extractors import boxes_to_rois
-from detlab.models.roi_heads.standard_roi_head import StandardRoIHead, _scale_factor
+from detlab.models.roi_heads.standard_roi_head import StandardRoIHead
 from detlab.registry import MODELS
 from detlab.structures import DetResult
 
@@ -133,8 +134,8 @@ class GridRoIHead(StandardRoIHead):
         results = []
         for dets, labels, meta in zip(det_bboxes, det_labels, metas, strict=True):
             boxes = dets[:, :4]
-            if rescale:
-                boxes = boxes / _scale_factor(meta, boxes.device)
+            if rescale:  # a flipped input's boxes un-flipped too (test-time flip)
+                boxes = boxes_to_original(boxes, meta)
             results.append(DetResult(boxes=boxes, scores=dets[:, 4], labels=labels,
                                      meta=result_meta(meta)))
         return results
