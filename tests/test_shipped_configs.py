@@ -36,3 +36,13 @@ def test_config_is_mmdetections(config):
     mine, reference = _read(CONFIGS / config), _read(theirs)
     differing = sorted(k for k in set(mine) | set(reference) if mine.get(k) != reference.get(k))
     assert not differing, f"configs/{config} differs from MMDetection's in {differing}"
+
+
+@pytest.mark.parametrize("config", [c for c in SHIPPED if not c.startswith("_base_/")])
+def test_config_editor_finds_no_problem(config):
+    """The config editor's checks (types, arguments, values) pass every shipped config: what
+    it reports on a user's config is worth reading."""
+    from detlab.viz.widgets.config_editor import check_config
+
+    problems = check_config(Config.fromfile(CONFIGS / config, import_custom_modules=False))
+    assert not problems, "\n".join(map(str, problems))

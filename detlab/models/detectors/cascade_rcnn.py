@@ -27,7 +27,8 @@ class CascadeRCNN(TwoStageDetector):
     optional as in MMDetection (a config without ``rpn_head`` takes its proposals from the
     batch)."""
 
-    def __init__(self, backbone: Mapping | nn.Module, neck: Mapping | nn.Module | None = None,
+    def __init__(self, backbone: Mapping | nn.Module,
+                 neck: Mapping | Sequence[Mapping] | nn.Module | None = None,
                  rpn_head: Mapping | nn.Module | None = None,
                  roi_head: Mapping | nn.Module | None = None,
                  train_cfg: Mapping | None = None, test_cfg: Mapping | None = None,

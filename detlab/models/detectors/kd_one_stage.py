@@ -103,7 +103,8 @@ class KnowledgeDistillationSingleStageDetector(TeacherMixin, SingleStageDetector
         Others as :class:`SingleStageDetector`.
     """
 
-    def __init__(self, backbone: Mapping | nn.Module, neck: Mapping | nn.Module | None,
+    def __init__(self, backbone: Mapping | nn.Module,
+                 neck: Mapping | Sequence[Mapping] | nn.Module | None,
                  bbox_head: Mapping | nn.Module, teacher_config: str | os.PathLike | Mapping,
                  teacher_ckpt: str | os.PathLike | None = None, eval_teacher: bool = True,
                  train_cfg: Mapping | None = None, test_cfg: Mapping | None = None,

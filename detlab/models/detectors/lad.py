@@ -38,9 +38,11 @@ class LAD(TeacherMixin, SingleStageDetector):
         Others as :class:`SingleStageDetector`.
     """
 
-    def __init__(self, backbone: Mapping | nn.Module, neck: Mapping | nn.Module | None,
+    def __init__(self, backbone: Mapping | nn.Module,
+                 neck: Mapping | Sequence[Mapping] | nn.Module | None,
                  bbox_head: Mapping | nn.Module, teacher_backbone: Mapping | nn.Module,
-                 teacher_neck: Mapping | nn.Module | None, teacher_bbox_head: Mapping | nn.Module,
+                 teacher_neck: Mapping | Sequence[Mapping] | nn.Module | None,
+                 teacher_bbox_head: Mapping | nn.Module,
                  teacher_ckpt: str | os.PathLike | None, eval_teacher: bool = True,
                  train_cfg: Mapping | None = None, test_cfg: Mapping | None = None,
                  pretrained: str | None = None,

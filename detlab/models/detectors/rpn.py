@@ -71,7 +71,8 @@ class RPN(SingleStageDetector):
     # Fast R-CNN reads as its proposal_file
     returns_proposals = True
 
-    def __init__(self, backbone: Mapping | nn.Module, neck: Mapping | nn.Module | None = None,
+    def __init__(self, backbone: Mapping | nn.Module,
+                 neck: Mapping | Sequence[Mapping] | nn.Module | None = None,
                  rpn_head: Mapping | nn.Module | None = None, train_cfg: Mapping | None = None,
                  test_cfg: Mapping | None = None, pretrained: str | None = None,
                  init_cfg: Mapping | Sequence[Mapping] | None = None) -> None:

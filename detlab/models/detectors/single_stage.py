@@ -53,7 +53,8 @@ class SingleStageDetector(nn.Module):
 
     CLASSES: tuple[str, ...] | None = None
 
-    def __init__(self, backbone: Mapping | nn.Module, neck: Mapping | nn.Module | None = None,
+    def __init__(self, backbone: Mapping | nn.Module,
+                 neck: Mapping | Sequence[Mapping] | nn.Module | None = None,
                  bbox_head: Mapping | nn.Module | None = None,
                  train_cfg: Mapping | None = None, test_cfg: Mapping | None = None,
                  pretrained: str | None = None,

@@ -62,7 +62,8 @@ class TwoStageDetector(nn.Module):
 
     CLASSES: tuple[str, ...] | None = None
 
-    def __init__(self, backbone: Mapping | nn.Module, neck: Mapping | nn.Module | None = None,
+    def __init__(self, backbone: Mapping | nn.Module,
+                 neck: Mapping | Sequence[Mapping] | nn.Module | None = None,
                  rpn_head: Mapping | nn.Module | None = None,
                  roi_head: Mapping | nn.Module | None = None,
                  train_cfg: Mapping | None = None, test_cfg: Mapping | None = None,
@@ -211,7 +212,8 @@ class FasterRCNN(TwoStageDetector):
 
     def __init__(self, backbone: Mapping | nn.Module, rpn_head: Mapping | nn.Module,
                  roi_head: Mapping | nn.Module, train_cfg: Mapping | None,
-                 test_cfg: Mapping | None, neck: Mapping | nn.Module | None = None,
+                 test_cfg: Mapping | None,
+                 neck: Mapping | Sequence[Mapping] | nn.Module | None = None,
                  pretrained: str | None = None,
                  init_cfg: Mapping | Sequence[Mapping] | None = None) -> None:
         super().__init__(backbone=backbone, neck=neck, rpn_head=rpn_head, roi_head=roi_head,
@@ -228,7 +230,8 @@ class FastRCNN(TwoStageDetector):
 
     def __init__(self, backbone: Mapping | nn.Module, roi_head: Mapping | nn.Module,
                  train_cfg: Mapping | None, test_cfg: Mapping | None,
-                 neck: Mapping | nn.Module | None = None, pretrained: str | None = None,
+                 neck: Mapping | Sequence[Mapping] | nn.Module | None = None,
+                 pretrained: str | None = None,
                  init_cfg: Mapping | Sequence[Mapping] | None = None) -> None:
         super().__init__(backbone=backbone, neck=neck, roi_head=roi_head, train_cfg=train_cfg,
                          test_cfg=test_cfg, pretrained=pretrained, init_cfg=init_cfg)

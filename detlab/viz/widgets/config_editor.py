@@ -179,15 +179,26 @@ def _typed(value: Any) -> bool:
     return isinstance(value, Mapping) and isinstance(value.get("type"), str)
 
 
+# arguments a part's builder passes itself, by the part's key: a ResNet plugin's (``plugins=
+# [dict(cfg=dict(type='ContextBlock', ...), stages=...)]``) channels are its stage's, and a
+# CombinedSampler gives its pos_sampler / neg_sampler its own sampling numbers
+PROVIDED_BY_PARENT = {
+    "cfg": frozenset({"in_channels"}),
+    "pos_sampler": frozenset({"num", "pos_fraction", "neg_pos_ub", "add_gt_as_proposals"}),
+    "neg_sampler": frozenset({"num", "pos_fraction", "neg_pos_ub", "add_gt_as_proposals"}),
+}
+
+
 def _model_parts(value: Any, path: str, key: str, in_init: bool = False) -> Iterator[Component]:
     from detlab.registry import MODELS
 
     if isinstance(value, Mapping):
         if _typed(value):
-            # *_cfg dicts (norm_cfg, act_cfg ...), nms and everything in init_cfg are layer
-            # specs read by helpers, not parts built through the registry
-            spec = in_init or key.endswith("_cfg") or key == "nms"
-            yield Component(path, value, MODELS, value["type"], strict=not spec)
+            # *_cfg dicts (norm_cfg, act_cfg ...), nms, RoI extractors' roi_layer and everything
+            # in init_cfg are layer specs read by helpers, not parts built through the registry
+            spec = in_init or key.endswith("_cfg") or key in ("nms", "roi_layer")
+            yield Component(path, value, MODELS, value["type"], strict=not spec,
+                            provided=PROVIDED_BY_PARENT.get(key, frozenset()))
         for child, item in value.items():
             yield from _model_parts(item, _join(path, child), str(child),
                                     in_init or child == "init_cfg")
