@@ -8,6 +8,7 @@
 * :class:`GeneralizedAttention` -- the attention of "An Empirical Study of Spatial Attention
   Mechanisms" (Zhu et al., 2019): query / key content and relative-position terms picked by
   ``attention_type``.
+* :class:`DropBlock` -- MMDetection's structured dropout of square blocks (training only).
 
 Parameter names and shapes are mmcv's, so MMDetection's checkpoints load strictly.
 :func:`build_plugin_layer` names a plugin inside a block as mmcv does (``context_block``,
@@ -385,7 +386,50 @@ class GeneralizedAttention(nn.Module):
         return self.gamma * out + x
 
 
-PLUGIN_TYPES = ("ContextBlock", "GeneralizedAttention", "NonLocal2d")
+@MODELS.register_module()
+class DropBlock(nn.Module):
+    """MMDetection's ``DropBlock`` (Ghiasi et al., 2018): in training, zero random
+    ``block_size`` x ``block_size`` squares of each channel and rescale the rest to keep the
+    mean; the identity in eval mode. Block centres are drawn with probability ``gamma`` (the
+    paper's, so that about ``drop_prob`` of the map drops), ramped linearly from 0 over the
+    first ``warmup_iters`` training calls. Other keyword arguments (a plugin's
+    ``in_channels``) are ignored, as in MMDetection."""
+
+    def __init__(self, drop_prob: float, block_size: int, warmup_iters: int = 2000,
+                 **kwargs: Any) -> None:
+        super().__init__()
+        if block_size % 2 != 1 or not 0 < drop_prob <= 1 or warmup_iters < 0:
+            raise ConfigError(f"DropBlock needs an odd block_size, 0 < drop_prob <= 1 and "
+                              f"warmup_iters >= 0; got block_size={block_size}, "
+                              f"drop_prob={drop_prob}, warmup_iters={warmup_iters}")
+        self.drop_prob, self.block_size, self.warmup_iters = drop_prob, block_size, warmup_iters
+        self.iter_cnt = 0
+
+    def _gamma(self, height: int, width: int) -> float:
+        b = self.block_size
+        gamma = self.drop_prob * height * width / ((height - b + 1) * (width - b + 1)) / b**2
+        ramp = 1.0 if self.iter_cnt > self.warmup_iters else self.iter_cnt / self.warmup_iters
+        return gamma * ramp
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        self.iter_cnt += 1
+        n, c, h, w = x.shape
+        b, half = self.block_size, self.block_size // 2
+        centres = torch.bernoulli(torch.full((n, c, h - b + 1, w - b + 1), self._gamma(h, w),
+                                             device=x.device))
+        dropped = F.max_pool2d(F.pad(centres, [half] * 4, value=0), kernel_size=(b, b),
+                               stride=(1, 1), padding=half)
+        keep = 1 - dropped
+        return x * keep * keep.numel() / (1e-6 + keep.sum())
+
+    def extra_repr(self) -> str:
+        return (f"drop_prob={self.drop_prob}, block_size={self.block_size}, "
+                f"warmup_iters={self.warmup_iters}")
+
+
+PLUGIN_TYPES = ("ContextBlock", "DropBlock", "GeneralizedAttention", "NonLocal2d")
 
 
 def plugin_abbreviation(cls: type) -> str:

@@ -1064,6 +1064,8 @@ COMPONENTS = {
     "GeneralizedAttention": (dict(in_channels=8, num_heads=2, attention_type="1111"),
                              lambda module: run_plugin(module)),
     "NonLocal2d": (dict(in_channels=8), lambda module: run_plugin(module)),
+    "DropBlock": (dict(drop_prob=0.5, block_size=3, warmup_iters=0),
+                  lambda module: run_plugin(module)),
 }
 
 
@@ -1404,7 +1406,7 @@ def run_grid_rcnn(module):
 
 
 def run_plugin(module):
-    x = torch.randn(2, 8, 6, 5)
+    x = torch.randn(2, 8, 6, 5, requires_grad=True)  # DropBlock has no parameters
     out = module(x)
     assert out.shape == x.shape
     _backward_through(module, out)

@@ -303,3 +303,24 @@ def test_detector_losses_and_detections_match_mmdetection(detector_pair):
     for ours_image, reference_image in zip(actual, expected, strict=True):
         for a, e in zip(ours_image.to_mmdet(NUM_CLASSES), reference_image, strict=True):
             np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-4)
+
+
+def test_drop_block_matches_mmdetection():
+    """Same seed, same dropped blocks and rescaling, through the warm-up; identity in eval."""
+    import_mmdet()
+    from mmdet.models.plugins import DropBlock as Reference
+
+    from detlab.models.plugins import DropBlock, plugin_abbreviation
+
+    ours, reference = DropBlock(0.3, 3, warmup_iters=2), Reference(0.3, 3, warmup_iters=2)
+    x = torch.randn(2, 4, 9, 11)
+    for _ in range(3):
+        torch.manual_seed(5)
+        expected = reference(x)
+        torch.manual_seed(5)
+        torch.testing.assert_close(ours(x), expected)
+    assert (expected == 0).any()
+    assert torch.equal(ours.eval()(x), x)
+    assert plugin_abbreviation(DropBlock) == "drop_block"
+    with pytest.raises(ConfigError, match="odd block_size"):
+        DropBlock(0.1, 4)
