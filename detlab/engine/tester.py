@@ -123,7 +123,19 @@ def _mmdet_row(result: DetResult, num_classes: int) -> Any:
     masks = result.masks.detach().cpu().numpy().astype(np.uint8)
     segms = [[mask_utils.encode(np.asfortranarray(m)) for m in masks[labels == c]]
              for c in range(num_classes)]
+    if result.mask_scores is not None:  # Mask Scoring R-CNN's (segms, mask scores) pair
+        scores = result.mask_scores.detach().cpu().numpy().astype(np.float32)
+        return boxes, (segms, [scores[labels == c] for c in range(num_classes)])
     return boxes, segms
+
+
+def _is_scored_mask_row(row: Any) -> bool:
+    """Whether an image of a ``results.pkl`` is Mask Scoring R-CNN's (per-class boxes,
+    (per-class RLE lists, per-class mask scores))."""
+    return (isinstance(row, tuple) and len(row) == 2 and isinstance(row[1], tuple)
+            and len(row[1]) == 2 and isinstance(row[1][0], list)
+            and all(isinstance(c, (list, tuple)) for c in row[1][0])
+            and all(isinstance(c, np.ndarray) for c in row[1][1]))
 
 
 def _is_mask_row(row: Any) -> bool:
@@ -149,6 +161,20 @@ def _from_mask_row(row: tuple, class_names: Sequence[str] | None, index: int) ->
     dets = np.concatenate(arrays)
     order = np.argsort(-dets[:, 4], kind="stable")  # from_mmdet's order
     result.masks = torch.from_numpy(decode_rles(rles)[order]).bool()
+    return result
+
+
+def _from_scored_mask_row(row: tuple, class_names: Sequence[str] | None,
+                          index: int) -> DetResult:
+    """A DetResult with masks and mask scores from Mask Scoring R-CNN's row."""
+    per_class, (segms, scores) = row
+    result = _from_mask_row((per_class, segms), class_names, index)
+    scores = [np.asarray(c, dtype=np.float32).reshape(-1) for c in scores]
+    if len(result) and sum(len(c) for c in scores) == len(result):
+        dets = np.concatenate([np.asarray(a, dtype=np.float32).reshape(-1, 5)
+                               for a in per_class])
+        order = np.argsort(-dets[:, 4], kind="stable")  # from_mmdet's order
+        result.mask_scores = torch.from_numpy(np.concatenate(scores)[order])
     return result
 
 
@@ -186,6 +212,8 @@ def load_results(path: str, class_names: Sequence[str] | None = None,
                           torch.from_numpy(a[:, 4].astype(np.float32)),
                           torch.zeros(len(a), dtype=torch.long), class_names=class_names)
                 for a in raw]
+    if isinstance(raw, list) and raw and all(_is_scored_mask_row(row) for row in raw):
+        return [_from_scored_mask_row(row, class_names, i) for i, row in enumerate(raw)]
     if isinstance(raw, list) and raw and all(_is_mask_row(row) for row in raw):
         return [_from_mask_row(row, class_names, i) for i, row in enumerate(raw)]
     if not isinstance(raw, list) or (raw and not isinstance(raw[0], (list, tuple))):

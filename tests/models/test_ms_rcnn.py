@@ -223,3 +223,27 @@ def test_segm_evaluation_ranks_masks_by_their_mask_scores(shapes_root):
         n = len(result) // 2
         result.mask_scores = torch.cat([torch.ones(n), torch.full((n,), 0.1)])
     assert by_box < 1.0 and dataset.evaluate(results, metric="segm")["segm_mAP"] == 1.0
+
+
+def test_results_pkl_keeps_mask_scores(tmp_path):
+    """Mask Scoring R-CNN's results.pkl is MMDetection's: per image (per-class boxes,
+    (per-class RLEs, per-class mask scores)); it reads back with the mask scores in order."""
+    import pickle
+
+    from detlab.engine.tester import load_results, save_results
+    from detlab.structures import DetResult
+
+    gen = torch.Generator().manual_seed(0)
+    boxes = torch.tensor([[1.0, 2, 9, 12], [4, 4, 20, 15], [0, 0, 5, 5]])
+    masks = torch.rand(3, 16, 24, generator=gen) > 0.5
+    result = DetResult(boxes, torch.tensor([0.9, 0.8, 0.3]), torch.tensor([2, 0, 2]),
+                       masks=masks, mask_scores=torch.tensor([0.5, 0.7, 0.1]))
+    path = save_results([result], str(tmp_path / "results.pkl"), num_classes=3)
+    with open(path, "rb") as f:
+        (row,) = pickle.load(f)
+    segms, scores = row[1]
+    assert [len(c) for c in segms] == [1, 0, 2]
+    np.testing.assert_allclose(np.concatenate(scores), [0.7, 0.5, 0.1])
+    (back,) = load_results(path, ("a", "b", "c"))
+    assert back.labels.tolist() == [2, 0, 2] and torch.equal(back.masks, masks)
+    torch.testing.assert_close(back.mask_scores, torch.tensor([0.5, 0.7, 0.1]))
