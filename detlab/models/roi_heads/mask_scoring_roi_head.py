@@ -64,10 +64,10 @@ class MaskScoringRoIHead(StandardRoIHead):
                             img_metas: Sequence[Mapping]) -> dict[str, Any]:
         """The mask branch's loss, then ``loss_mask_iou``: the IoU head on the mask features
         and each positive's mask logits of its class."""
-        self._last_mask_results = None
         pos_labels = torch.cat([res.pos_gt_labels for res in sampling_results])
         mask_results = super()._mask_forward_train(x, sampling_results, bbox_feats, gt_masks,
                                                    img_metas)
+        self._last_mask_results = None  # kept for testing only: do not hold the graph
         mask_pred = mask_results["mask_pred"]
         index = torch.arange(mask_pred.size(0), device=mask_pred.device)
         pos_mask_pred = mask_pred[index, pos_labels]
