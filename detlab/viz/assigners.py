@@ -139,6 +139,10 @@ def _roi_part_overrides(head: Any, in_channels: int, channels: int, num_classes:
             options[key] = channels
     if "num_classes" in head:
         options["num_classes"] = num_classes
+    if head.get("type") == "SABLHead":  # side-aware box head: both branches read the RoIs
+        options.update(cls_in_channels=in_channels, reg_in_channels=in_channels,
+                       reg_offset_out_channels=in_channels, reg_cls_out_channels=in_channels,
+                       cls_out_channels=channels)
     return options
 
 

@@ -1066,6 +1066,12 @@ COMPONENTS = {
     "NonLocal2d": (dict(in_channels=8), lambda module: run_plugin(module)),
     "DropBlock": (dict(drop_prob=0.5, block_size=3, warmup_iters=0),
                   lambda module: run_plugin(module)),
+    # SABL R-CNN's side-aware box head (M2)
+    "SABLHead": (dict(num_classes=2, cls_in_channels=8, reg_in_channels=8, roi_feat_size=4,
+                      cls_out_channels=8, reg_offset_out_channels=8, reg_cls_out_channels=8,
+                      bbox_coder=dict(type="BucketingBBoxCoder", num_buckets=8,
+                                      scale_factor=1.7)),
+                 lambda module: run_sabl_bbox_head(module)),
 }
 
 
@@ -1447,3 +1453,18 @@ def run_point_rend_roi_head(module):
     sum(v for k, v in losses.items() if k.startswith("loss")).backward()
     results = module.eval().predict(feats, proposals, batch.metas)
     assert all(r.masks is not None and len(r.masks) == len(r) for r in results)
+
+def run_sabl_bbox_head(module):
+    """SABL's R-CNN box head: bucket targets of shifted RoIs, the three losses positive, the
+    detections rescored by the buckets' confidence."""
+    cls_score, bbox_pred = module(torch.randn(5, 8, 4, 4))
+    rois = torch.cat([torch.zeros(5, 1), _boxes(5)], dim=1)
+    offsets, offset_weights, buckets, bucket_weights = module.bbox_coder.encode(
+        rois[:, 1:], rois[:, 1:] + 2)
+    losses = module.loss(cls_score, bbox_pred, rois, torch.tensor([0, 1, 2, 2, 1]),
+                         torch.ones(5), (buckets, offsets), (bucket_weights, offset_weights))
+    assert all(losses[k] > 0 for k in ("loss_cls", "loss_bbox_cls", "loss_bbox_reg"))
+    sum(v for k, v in losses.items() if k.startswith("loss")).backward()
+    dets, labels = module.get_bboxes(rois, cls_score.detach(), [p.detach() for p in bbox_pred],
+                                     dict(img_shape=(32, 32, 3)), cfg=RCNN_TEST_CFG)
+    assert dets.shape[1] == 5 and len(dets) == len(labels)

@@ -369,7 +369,9 @@ class CascadeRoIHead(BaseRoIHead):
             bbox_results = self._bbox_forward(stage, x, rois)
             image_rois = rois.split(counts, 0)
             cls_scores = bbox_results["cls_score"].split(counts, 0)
-            bbox_preds = bbox_results["bbox_pred"].split(counts, 0)
+            bbox_pred = bbox_results["bbox_pred"]
+            bbox_preds = bbox_pred.split(counts, 0) if isinstance(bbox_pred, torch.Tensor) \
+                else self.bbox_head[stage].bbox_pred_split(bbox_pred, counts)
             stage_scores.append(cls_scores)
             if stage < self.num_stages - 1:
                 head = self.bbox_head[stage]
@@ -397,6 +399,13 @@ class CascadeRoIHead(BaseRoIHead):
             det_labels.append(labels)
         return det_bboxes, det_labels
 
+    def _mask_probs(self, x: Sequence[torch.Tensor], rois: torch.Tensor) -> torch.Tensor:
+        """``(K, C, h, w)`` mask probabilities of ``(K, 5)`` RoIs: every stage's sigmoid,
+        averaged (a subclass changes how the stages' masks are predicted here)."""
+        stage_probs = [self._mask_forward(stage, x, rois)["mask_pred"].sigmoid()
+                       for stage in range(self.num_stages)]
+        return sum(stage_probs) / float(self.num_stages)
+
     def predict_masks(self, x: Sequence[torch.Tensor], metas: Sequence[Mapping],
                       det_bboxes: Sequence[torch.Tensor], det_labels: Sequence[torch.Tensor],
                       results: list[DetResult], rescale: bool = True) -> list[DetResult]:
@@ -410,10 +419,7 @@ class CascadeRoIHead(BaseRoIHead):
                  for d, s, meta in zip(det_bboxes, scales, metas, strict=True)]
         probs: Sequence[torch.Tensor | None] = [None] * len(boxes)
         if any(len(b) for b in boxes):
-            rois = boxes_to_rois(boxes)
-            stage_probs = [self._mask_forward(stage, x, rois)["mask_pred"].sigmoid()
-                           for stage in range(self.num_stages)]
-            probs = (sum(stage_probs) / float(self.num_stages)).split([len(b) for b in boxes])
+            probs = self._mask_probs(x, boxes_to_rois(boxes)).split([len(b) for b in boxes])
         last = self.mask_head[-1]
         out = []
         for result, prob, image_boxes, labels, scale, meta in zip(

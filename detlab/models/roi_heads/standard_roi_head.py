@@ -298,8 +298,12 @@ class StandardRoIHead(BaseRoIHead):
         bbox_results = self._bbox_forward(x, rois)
         cls_scores = bbox_results["cls_score"].split(counts, 0)
         bbox_pred = bbox_results["bbox_pred"]
-        bbox_preds = bbox_pred.split(counts, 0) if bbox_pred is not None \
-            else (None,) * len(proposals)
+        if bbox_pred is None:
+            bbox_preds = (None,) * len(proposals)
+        elif isinstance(bbox_pred, torch.Tensor):
+            bbox_preds = bbox_pred.split(counts, 0)
+        else:  # a head with paired predictions (SABL's bucket logits and offsets)
+            bbox_preds = self.bbox_head.bbox_pred_split(bbox_pred, counts)
         det_bboxes, det_labels = [], []
         for image_rois, cls_score, pred, meta in zip(rois.split(counts, 0), cls_scores,
                                                      bbox_preds, img_metas, strict=True):

@@ -7,6 +7,7 @@ from detlab.models.roi_heads.bbox_heads.convfc_bbox_head import (
     Shared4Conv1FCBBoxHead,
 )
 from detlab.models.roi_heads.bbox_heads.double_bbox_head import DoubleConvFCBBoxHead
+from detlab.models.roi_heads.bbox_heads.sabl_head import SABLHead
 
 __all__ = ["BBoxHead", "ConvFCBBoxHead", "DoubleConvFCBBoxHead", "Shared2FCBBoxHead",
-           "Shared4Conv1FCBBoxHead"]
+           "Shared4Conv1FCBBoxHead", "SABLHead"]
