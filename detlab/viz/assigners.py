@@ -103,7 +103,8 @@ def _two_stage_overrides(model: Any, in_channels: int, channels: int, num_classe
     roi = model.get("roi_head")
     if roi is None:
         return
-    for key in ("bbox_roi_extractor", "mask_roi_extractor", "grid_roi_extractor"):
+    for key in ("bbox_roi_extractor", "mask_roi_extractor", "grid_roi_extractor",
+                "semantic_roi_extractor"):
         extractors = roi.get(key)
         if isinstance(extractors, (list, tuple)):
             options[f"model.roi_head.{key}"] = [dict(e, out_channels=in_channels)
@@ -112,6 +113,9 @@ def _two_stage_overrides(model: Any, in_channels: int, channels: int, num_classe
             options[f"model.roi_head.{key}.out_channels"] = in_channels
             if "output_channels" in extractors.get("roi_layer", {}):  # deformable RoI pooling
                 options[f"model.roi_head.{key}.roi_layer.output_channels"] = in_channels
+    if roi.get("semantic_head") is not None:  # HTC: semantic features added to RoI features
+        options["model.roi_head.semantic_head.in_channels"] = in_channels
+        options["model.roi_head.semantic_head.conv_out_channels"] = in_channels
     if roi.get("grid_head") is not None:  # Grid R-CNN: 9 points of 4 channels (GN of 36)
         options["model.roi_head.grid_head.in_channels"] = in_channels
         options["model.roi_head.grid_head.point_feat_channels"] = 4

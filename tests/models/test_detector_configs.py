@@ -160,6 +160,23 @@ def enlarged(batch: Batch, factor: int) -> Batch:
     return Batch(images, targets, metas)
 
 
+def with_semantic_maps(batch: Batch, stride: int = 8) -> Batch:
+    """``batch`` with the ``semantic_seg`` maps a semantic branch (HTC's) trains on: each
+    image's instance labels + 1 where its masks are (0 elsewhere) at 1/``stride`` scale
+    (``SegRescale``), top-left in a map of the batch's size padded with 255, as the loader
+    gives them."""
+    targets = []
+    for target in batch.targets:
+        full = torch.zeros(batch.images.shape[-2:], dtype=torch.int64)
+        for mask, label in zip(target.get("masks", []), target["labels"], strict=False):
+            full[mask.bool()] = int(label) + 1
+        small = full[::stride, ::stride]
+        seg = torch.full_like(full, 255)
+        seg[:small.shape[0], :small.shape[1]] = small
+        targets.append(dict(target, semantic_seg=seg))
+    return Batch(batch.images, targets, batch.metas)
+
+
 def _total(losses: dict[str, torch.Tensor]) -> torch.Tensor:
     values = [v if isinstance(v, torch.Tensor) else sum(v) for k, v in losses.items()
               if "loss" in k]
@@ -224,6 +241,8 @@ def test_shipped_config_trains_and_predicts(name, batches):
     cfg = shrunk_config(name)
     size = max([INPUT_SIZE.get(t, 64) for t in _component_types(cfg["model"])])
     batches = [enlarged(b, size // 64) for b in batches]
+    if cfg.model.get("roi_head", {}).get("semantic_head") is not None:
+        batches = [with_semantic_maps(b) for b in batches]
     model = build(cfg).train()
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3,
                                 momentum=0.9)

@@ -520,6 +520,18 @@ def run_double_bbox_head(module):
     sum(v for k, v in losses.items() if k.startswith("loss")).backward()
 
 
+HTC_SEMANTIC_HEAD = dict(type="FusedSemanticHead", num_ins=2, fusion_level=0, num_convs=1,
+                         in_channels=8, conv_out_channels=8, num_classes=3)
+HTC_ROI_HEAD = dict(
+    num_stages=2, stage_loss_weights=[1, 0.5],
+    bbox_roi_extractor=dict(ROI_EXTRACTOR, type="SingleRoIExtractor"),
+    bbox_head=dict(BBOX_HEAD, type="Shared2FCBBoxHead", reg_class_agnostic=True),
+    mask_roi_extractor=dict(ROI_EXTRACTOR, type="SingleRoIExtractor"),
+    mask_head=[dict(MASK_HEAD, type="HTCMaskHead", with_conv_res=False),
+               dict(MASK_HEAD, type="HTCMaskHead")],
+    semantic_roi_extractor=dict(ROI_EXTRACTOR, type="SingleRoIExtractor", featmap_strides=[8]),
+    semantic_head=HTC_SEMANTIC_HEAD)
+
 COMPONENTS = {
     "ResNet": (dict(depth=18, frozen_stages=-1), run_resnet),
     "FPN": (dict(in_channels=[4, 8], out_channels=8, num_outs=4, add_extra_convs="on_input"),
@@ -1072,6 +1084,23 @@ COMPONENTS = {
                       bbox_coder=dict(type="BucketingBBoxCoder", num_buckets=8,
                                       scale_factor=1.7)),
                  lambda module: run_sabl_bbox_head(module)),
+    # Hybrid Task Cascade (M1): HTCMaskHead, FusedSemanticHead, HybridTaskCascadeRoIHead (two
+    # stages, semantic branch, interleaved, mask information flow), HybridTaskCascade
+    "HTCMaskHead": (dict(MASK_HEAD, with_conv_res=True), lambda module: run_htc_mask_head(module)),
+    "FusedSemanticHead": ({k: v for k, v in HTC_SEMANTIC_HEAD.items() if k != "type"},
+                          lambda module: run_fused_semantic_head(module)),
+    "HybridTaskCascadeRoIHead": (dict(HTC_ROI_HEAD,
+                                      train_cfg=[dict(RCNN_TRAIN_CFG, mask_size=8)] * 2,
+                                      test_cfg=dict(RCNN_TEST_CFG, mask_thr_binary=0.5)),
+                                 lambda module: run_htc_roi_head(module)),
+    "HybridTaskCascade": (dict(backbone=DETECTOR["backbone"], neck=DETECTOR["neck"],
+                               rpn_head=dict(RPN_HEAD, type="RPNHead"),
+                               roi_head=dict(HTC_ROI_HEAD, type="HybridTaskCascadeRoIHead"),
+                               train_cfg=dict(rpn=RPN_TRAIN_CFG, rpn_proposal=RPN_TEST_CFG,
+                                              rcnn=[dict(RCNN_TRAIN_CFG, mask_size=8)] * 2),
+                               test_cfg=dict(rpn=RPN_TEST_CFG,
+                                             rcnn=dict(RCNN_TEST_CFG, mask_thr_binary=0.5))),
+                          lambda module: run_htc(module)),
 }
 
 
@@ -1468,3 +1497,49 @@ def run_sabl_bbox_head(module):
     dets, labels = module.get_bboxes(rois, cls_score.detach(), [p.detach() for p in bbox_pred],
                                      dict(img_shape=(32, 32, 3)), cfg=RCNN_TEST_CFG)
     assert dets.shape[1] == 5 and len(dets) == len(labels)
+
+def _with_semantic_maps(batch):
+    """``batch`` with masks and a ``semantic_seg`` map (3 classes, some pixels 255)."""
+    batch = _with_masks(batch)
+    for target in batch.targets:
+        seg = torch.randint(0, 4, batch.images.shape[-2:])
+        target["semantic_seg"] = torch.where(seg == 3, 255, seg)
+    return batch
+
+
+def run_htc_mask_head(module):
+    """HTCMaskHead: logits and features, the previous stage's features through conv_res."""
+    x = torch.randn(3, 8, 4, 4)
+    pred, feat = module(x)
+    assert pred.shape == (3, 2, 8, 8) and feat.shape == (3, 8, 4, 4)
+    logits = module(x, feat, return_feat=False)
+    _backward_through(module, [logits, module(x, return_logits=False)])
+
+
+def run_fused_semantic_head(module):
+    """FusedSemanticHead: logits and features at the fused level's size, the loss."""
+    pred, feat = module([torch.randn(2, 8, 4, 4), torch.randn(2, 8, 2, 2)])
+    assert pred.shape == (2, 3, 4, 4) and feat.shape == (2, 8, 4, 4)
+    labels = torch.randint(0, 3, (2, 4, 4))
+    (module.loss(pred, labels) + feat.sum()).backward()
+
+
+def run_htc_roi_head(module):
+    """HTC's RoI head: the semantic loss, every stage's losses, detections with masks."""
+    feats = [torch.randn(2, 8, 4, 4), torch.randn(2, 8, 2, 2)]
+    batch = _with_semantic_maps(_batch())
+    proposals = [torch.cat([_boxes(10), torch.rand(10, 1)], dim=1) for _ in range(2)]
+    losses = module.loss(feats, proposals, batch.targets, batch.metas)
+    assert {"loss_semantic_seg", "s0.loss_cls", "s0.loss_mask", "s1.loss_mask"} <= set(losses)
+    assert losses["s0.loss_bbox"] > 0 and losses["s1.loss_mask"] > 0
+    sum(v for k, v in losses.items() if "loss" in k).backward()
+    results = module.eval().predict(feats, proposals, batch.metas)
+    assert len(results) == 2 and all(r.masks is not None for r in results)
+
+
+def run_htc(module):
+    batch = _with_semantic_maps(_batch())
+    losses = module.loss(batch)
+    assert {"loss_rpn_cls", "loss_semantic_seg", "s0.loss_cls", "s1.loss_mask"} <= set(losses)
+    sum(v for k, v in losses.items() if "loss" in k).backward()
+    assert len(module.eval().predict(batch)) == 2

@@ -106,3 +106,11 @@ __all__ += ["GridRCNN"]
 from detlab.models.detectors.point_rend import PointRend  # noqa: E402
 
 __all__ += ["PointRend"]
+
+from detlab.models.detectors.htc import HybridTaskCascade  # noqa: E402
+
+__all__ += ["HybridTaskCascade"]
+
+from detlab.models.detectors.trident_faster_rcnn import TridentFasterRCNN  # noqa: E402
+
+__all__ += ["TridentFasterRCNN"]

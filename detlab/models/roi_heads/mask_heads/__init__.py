@@ -17,3 +17,10 @@ from detlab.models.roi_heads.mask_heads.coarse_mask_head import CoarseMaskHead  
 from detlab.models.roi_heads.mask_heads.mask_point_head import MaskPointHead  # noqa: E402
 
 __all__ += ["CoarseMaskHead", "MaskPointHead"]
+
+from detlab.models.roi_heads.mask_heads.fused_semantic_head import (  # noqa: E402
+    FusedSemanticHead,
+)
+from detlab.models.roi_heads.mask_heads.htc_mask_head import HTCMaskHead  # noqa: E402
+
+__all__ += ["FusedSemanticHead", "HTCMaskHead"]
