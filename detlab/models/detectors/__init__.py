@@ -110,7 +110,3 @@ __all__ += ["PointRend"]
 from detlab.models.detectors.htc import HybridTaskCascade  # noqa: E402
 
 __all__ += ["HybridTaskCascade"]
-
-from detlab.models.detectors.trident_faster_rcnn import TridentFasterRCNN  # noqa: E402
-
-__all__ += ["TridentFasterRCNN"]

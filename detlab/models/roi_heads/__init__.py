@@ -64,7 +64,3 @@ __all__ += ["PointRendRoIHead", "SimpleRoIAlign"]
 from detlab.models.roi_heads.htc_roi_head import HybridTaskCascadeRoIHead  # noqa: E402
 
 __all__ += ["HybridTaskCascadeRoIHead"]
-
-from detlab.models.roi_heads.trident_roi_head import TridentRoIHead  # noqa: E402
-
-__all__ += ["TridentRoIHead"]
