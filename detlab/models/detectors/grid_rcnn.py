@@ -22,7 +22,8 @@ class GridRCNN(TwoStageDetector):
 
     def __init__(self, backbone: Mapping | nn.Module, rpn_head: Mapping | nn.Module,
                  roi_head: Mapping | nn.Module, train_cfg: Mapping | None,
-                 test_cfg: Mapping | None, neck: Mapping | nn.Module | None = None,
+                 test_cfg: Mapping | None,
+                 neck: Mapping | Sequence[Mapping] | nn.Module | None = None,
                  pretrained: str | None = None,
                  init_cfg: Mapping | Sequence[Mapping] | None = None) -> None:
         super().__init__(backbone=backbone, neck=neck, rpn_head=rpn_head, roi_head=roi_head,
