@@ -1101,6 +1101,10 @@ COMPONENTS = {
                                test_cfg=dict(rpn=RPN_TEST_CFG,
                                              rcnn=dict(RCNN_TEST_CFG, mask_thr_binary=0.5))),
                           lambda module: run_htc(module)),
+    # Res2Net
+    "Res2Net": (dict(depth=50, scales=2, base_width=8, base_channels=8, stem_channels=8,
+                     num_stages=2, strides=(1, 2), dilations=(1, 1), out_indices=(0, 1)),
+                run_resnet),
 }
 
 

@@ -27,3 +27,7 @@ __all__ += ["ResNeXt"]
 from detlab.models.backbones.efficientnet import EfficientNet  # noqa: E402
 
 __all__ += ["EfficientNet"]
+
+from detlab.models.backbones.res2net import Res2Net  # noqa: E402
+
+__all__ += ["Res2Net"]
