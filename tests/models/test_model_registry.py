@@ -1105,6 +1105,9 @@ COMPONENTS = {
     "Res2Net": (dict(depth=50, scales=2, base_width=8, base_channels=8, stem_channels=8,
                      num_stages=2, strides=(1, 2), dilations=(1, 1), out_indices=(0, 1)),
                 run_resnet),
+    # PAFPN
+    "PAFPN": (dict(in_channels=[4, 8], out_channels=8, num_outs=3, add_extra_convs="on_output"),
+              run_fpn),
 }
 
 

@@ -36,3 +36,7 @@ from detlab.models.necks.bfp import BFP  # noqa: E402
 from detlab.models.necks.neck_sequence import NeckSequence, build_neck  # noqa: E402
 
 __all__ += ["BFP", "NeckSequence", "build_neck"]
+
+from detlab.models.necks.pafpn import PAFPN  # noqa: E402
+
+__all__ += ["PAFPN"]
