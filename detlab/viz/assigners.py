@@ -116,6 +116,13 @@ def _two_stage_overrides(model: Any, in_channels: int, channels: int, num_classe
     if roi.get("semantic_head") is not None:  # HTC: semantic features added to RoI features
         options["model.roi_head.semantic_head.in_channels"] = in_channels
         options["model.roi_head.semantic_head.conv_out_channels"] = in_channels
+    if roi.get("glbctx_head") is not None:  # SCNet: image context added to RoI features
+        options["model.roi_head.glbctx_head.in_channels"] = in_channels
+        options["model.roi_head.glbctx_head.conv_out_channels"] = in_channels
+        options["model.roi_head.glbctx_head.num_classes"] = num_classes
+    if roi.get("feat_relay_head") is not None:  # SCNet: box fc features relayed to masks
+        options["model.roi_head.feat_relay_head.in_channels"] = channels
+        options["model.roi_head.feat_relay_head.out_conv_channels"] = in_channels
     if roi.get("grid_head") is not None:  # Grid R-CNN: 9 points of 4 channels (GN of 36)
         options["model.roi_head.grid_head.in_channels"] = in_channels
         options["model.roi_head.grid_head.point_feat_channels"] = 4

@@ -531,6 +531,18 @@ HTC_ROI_HEAD = dict(
                dict(MASK_HEAD, type="HTCMaskHead")],
     semantic_roi_extractor=dict(ROI_EXTRACTOR, type="SingleRoIExtractor", featmap_strides=[8]),
     semantic_head=HTC_SEMANTIC_HEAD)
+SCNET_ROI_HEAD = dict(
+    num_stages=2, stage_loss_weights=[1, 0.5],
+    bbox_roi_extractor=dict(ROI_EXTRACTOR, type="SingleRoIExtractor"),
+    bbox_head=dict(BBOX_HEAD, type="SCNetBBoxHead", num_shared_fcs=2, reg_class_agnostic=True),
+    mask_roi_extractor=dict(ROI_EXTRACTOR, type="SingleRoIExtractor"),
+    mask_head=dict(MASK_HEAD, type="SCNetMaskHead", num_convs=2),
+    semantic_roi_extractor=dict(ROI_EXTRACTOR, type="SingleRoIExtractor", featmap_strides=[8]),
+    semantic_head=dict(HTC_SEMANTIC_HEAD, type="SCNetSemanticHead", num_convs=2),
+    glbctx_head=dict(type="GlobalContextHead", num_convs=2, in_channels=8, conv_out_channels=8,
+                     num_classes=2, conv_to_res=True),
+    feat_relay_head=dict(type="FeatureRelayHead", in_channels=8, out_conv_channels=8,
+                         roi_feat_size=4, scale_factor=1))
 
 COMPONENTS = {
     "ResNet": (dict(depth=18, frozen_stages=-1), run_resnet),
@@ -1101,6 +1113,30 @@ COMPONENTS = {
                                test_cfg=dict(rpn=RPN_TEST_CFG,
                                              rcnn=dict(RCNN_TEST_CFG, mask_thr_binary=0.5))),
                           lambda module: run_htc(module)),
+    # SCNet (M1): SCNetBBoxHead, SCNetMaskHead, SCNetSemanticHead, GlobalContextHead,
+    # FeatureRelayHead, SCNetRoIHead (two stages, every branch), SCNet
+    "SCNetBBoxHead": (dict(BBOX_HEAD, num_shared_fcs=2, fc_out_channels=8),
+                      lambda module: run_scnet_bbox_head(module)),
+    "SCNetMaskHead": (dict(MASK_HEAD, num_convs=2, conv_to_res=True),
+                      lambda module: run_mask_head(module)),
+    "SCNetSemanticHead": (dict({k: v for k, v in HTC_SEMANTIC_HEAD.items() if k != "type"},
+                               num_convs=2, conv_to_res=True),
+                          lambda module: run_fused_semantic_head(module)),
+    "GlobalContextHead": (dict(num_convs=2, in_channels=8, conv_out_channels=8, num_classes=2,
+                               conv_to_res=True), lambda module: run_glbctx_head(module)),
+    "FeatureRelayHead": (dict(in_channels=8, out_conv_channels=4, roi_feat_size=2,
+                              scale_factor=2), lambda module: run_feat_relay_head(module)),
+    "SCNetRoIHead": (dict(SCNET_ROI_HEAD, train_cfg=[dict(RCNN_TRAIN_CFG, mask_size=8)] * 2,
+                          test_cfg=dict(RCNN_TEST_CFG, mask_thr_binary=0.5)),
+                     lambda module: run_scnet_roi_head(module)),
+    "SCNet": (dict(backbone=DETECTOR["backbone"], neck=DETECTOR["neck"],
+                   rpn_head=dict(RPN_HEAD, type="RPNHead"),
+                   roi_head=dict(SCNET_ROI_HEAD, type="SCNetRoIHead"),
+                   train_cfg=dict(rpn=RPN_TRAIN_CFG, rpn_proposal=RPN_TEST_CFG,
+                                  rcnn=[dict(RCNN_TRAIN_CFG, mask_size=8)] * 2),
+                   test_cfg=dict(rpn=RPN_TEST_CFG,
+                                 rcnn=dict(RCNN_TEST_CFG, mask_thr_binary=0.5))),
+              lambda module: run_scnet(module)),
     # Res2Net
     "Res2Net": (dict(depth=50, scales=2, base_width=8, base_channels=8, stem_channels=8,
                      num_stages=2, strides=(1, 2), dilations=(1, 1), out_indices=(0, 1)),
@@ -1548,5 +1584,49 @@ def run_htc(module):
     batch = _with_semantic_maps(_batch())
     losses = module.loss(batch)
     assert {"loss_rpn_cls", "loss_semantic_seg", "s0.loss_cls", "s1.loss_mask"} <= set(losses)
+    sum(v for k, v in losses.items() if "loss" in k).backward()
+    assert len(module.eval().predict(batch)) == 2
+
+
+def run_scnet_bbox_head(module):
+    """SCNetBBoxHead: scores, deltas and the shared fc features."""
+    cls_score, bbox_pred, shared = module(torch.randn(3, 8, 4, 4), return_shared_feat=True)
+    assert cls_score.shape == (3, 3) and bbox_pred.shape == (3, 8) and shared.shape == (3, 8)
+    _backward_through(module, [cls_score, bbox_pred])
+
+
+def run_glbctx_head(module):
+    """GlobalContextHead: class logits and a pooled context per image, the BCE loss."""
+    pred, context = module([torch.randn(2, 8, 4, 4), torch.randn(2, 8, 2, 2)])
+    assert pred.shape == (2, 2) and context.shape == (2, 8, 1, 1)
+    loss = module.loss(pred, [torch.tensor([0, 0, 1]), torch.tensor([], dtype=torch.long)])
+    (loss + context.sum()).backward()
+
+
+def run_feat_relay_head(module):
+    """FeatureRelayHead: fc features -> upsampled maps; None for no RoI."""
+    out = module(torch.randn(3, 8))
+    assert out.shape == (3, 4, 4, 4)
+    assert module(torch.zeros(0, 8)) is None
+    out.sum().backward()
+
+
+def run_scnet_roi_head(module):
+    """SCNet's RoI head: semantic, global-context, box and mask losses, detections with
+    masks."""
+    feats = [torch.randn(2, 8, 4, 4), torch.randn(2, 8, 2, 2)]
+    batch = _with_semantic_maps(_batch())
+    proposals = [torch.cat([_boxes(10), torch.rand(10, 1)], dim=1) for _ in range(2)]
+    losses = module.loss(feats, proposals, batch.targets, batch.metas)
+    assert {"loss_semantic_seg", "loss_glbctx", "s1.loss_bbox", "loss_mask"} <= set(losses)
+    assert losses["s0.loss_bbox"] > 0 and losses["loss_mask"] > 0
+    sum(v for k, v in losses.items() if "loss" in k).backward()
+    results = module.eval().predict(feats, proposals, batch.metas)
+    assert len(results) == 2 and all(r.masks is not None for r in results)
+
+def run_scnet(module):
+    batch = _with_semantic_maps(_batch())
+    losses = module.loss(batch)
+    assert {"loss_rpn_cls", "loss_semantic_seg", "loss_glbctx", "loss_mask"} <= set(losses)
     sum(v for k, v in losses.items() if "loss" in k).backward()
     assert len(module.eval().predict(batch)) == 2

@@ -110,3 +110,7 @@ __all__ += ["PointRend"]
 from detlab.models.detectors.htc import HybridTaskCascade  # noqa: E402
 
 __all__ += ["HybridTaskCascade"]
+
+from detlab.models.detectors.scnet import SCNet  # noqa: E402
+
+__all__ += ["SCNet"]

@@ -64,3 +64,7 @@ __all__ += ["PointRendRoIHead", "SimpleRoIAlign"]
 from detlab.models.roi_heads.htc_roi_head import HybridTaskCascadeRoIHead  # noqa: E402
 
 __all__ += ["HybridTaskCascadeRoIHead"]
+
+from detlab.models.roi_heads.scnet_roi_head import SCNetBBoxHead, SCNetRoIHead  # noqa: E402
+
+__all__ += ["SCNetBBoxHead", "SCNetRoIHead"]

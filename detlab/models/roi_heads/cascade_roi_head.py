@@ -420,7 +420,9 @@ class CascadeRoIHead(BaseRoIHead):
         probs: Sequence[torch.Tensor | None] = [None] * len(boxes)
         if any(len(b) for b in boxes):
             probs = self._mask_probs(x, boxes_to_rois(boxes)).split([len(b) for b in boxes])
-        last = self.mask_head[-1]
+        # the last stage's mask head pastes (SCNet has a single one)
+        last = self.mask_head[-1] if isinstance(self.mask_head, nn.ModuleList) \
+            else self.mask_head
         out = []
         for result, prob, image_boxes, labels, scale, meta in zip(
                 results, probs, boxes, det_labels, scales, metas, strict=True):

@@ -51,6 +51,24 @@ def _pool_to(feats: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return F.adaptive_avg_pool2d(feats, size)
 
 
+def refine_by_targets(head: torch.nn.Module, bbox_results: Mapping[str, Any],
+                      sampling_results: Sequence[Any], metas: Sequence[Mapping]
+                      ) -> list[torch.Tensor]:
+    """A stage's sampled RoIs regressed by ``head`` with their target classes' deltas (the
+    next proposals, ground truths added as proposals dropped), as HTC and SCNet refine.
+    MMDetection moves negatives by the background's deltas, which only a class-agnostic
+    regressor (the zoo's) has; a class-specific one moves them by their predicted class, as
+    Cascade R-CNN does, instead of failing."""
+    labels = bbox_results["bbox_targets"][0]
+    if not head.reg_class_agnostic:
+        cls_score = bbox_results["cls_score"]
+        if head.custom_activation:
+            cls_score = head.loss_cls.get_activation(cls_score)
+        labels = torch.where(labels == head.num_classes, cls_score[:, :-1].argmax(1), labels)
+    return refine_bboxes(head, bbox_results["rois"], labels, bbox_results["bbox_pred"],
+                         [res.pos_is_gt for res in sampling_results], metas)
+
+
 @MODELS.register_module()
 class HybridTaskCascadeRoIHead(CascadeRoIHead):
     """A cascade with interleaved box and mask branches, mask information flow and a semantic
@@ -219,20 +237,7 @@ class HybridTaskCascadeRoIHead(CascadeRoIHead):
     def _refine(self, stage: int, bbox_results: Mapping[str, Any],
                 sampling_results: Sequence[Any], metas: Sequence[Mapping]
                 ) -> list[torch.Tensor]:
-        """Stage ``stage``'s sampled RoIs regressed by their target classes (the next
-        proposals). MMDetection moves negatives by the background's deltas, which only a
-        class-agnostic regressor (the zoo's) has; a class-specific one moves them by their
-        predicted class, as Cascade R-CNN does, instead of failing."""
-        head = self.bbox_head[stage]
-        labels = bbox_results["bbox_targets"][0]
-        if not head.reg_class_agnostic:
-            cls_score = bbox_results["cls_score"]
-            if head.custom_activation:
-                cls_score = head.loss_cls.get_activation(cls_score)
-            labels = torch.where(labels == head.num_classes, cls_score[:, :-1].argmax(1),
-                                 labels)
-        return refine_bboxes(head, bbox_results["rois"], labels, bbox_results["bbox_pred"],
-                             [res.pos_is_gt for res in sampling_results], metas)
+        return refine_by_targets(self.bbox_head[stage], bbox_results, sampling_results, metas)
 
     # ---- testing -----------------------------------------------------------------------------
 

@@ -24,3 +24,12 @@ from detlab.models.roi_heads.mask_heads.fused_semantic_head import (  # noqa: E4
 from detlab.models.roi_heads.mask_heads.htc_mask_head import HTCMaskHead  # noqa: E402
 
 __all__ += ["FusedSemanticHead", "HTCMaskHead"]
+
+from detlab.models.roi_heads.mask_heads.scnet_heads import (  # noqa: E402
+    FeatureRelayHead,
+    GlobalContextHead,
+    SCNetMaskHead,
+    SCNetSemanticHead,
+)
+
+__all__ += ["FeatureRelayHead", "GlobalContextHead", "SCNetMaskHead", "SCNetSemanticHead"]
