@@ -31,3 +31,7 @@ __all__ += ["EfficientNet"]
 from detlab.models.backbones.res2net import Res2Net  # noqa: E402
 
 __all__ += ["Res2Net"]
+
+from detlab.models.backbones.regnet import RegNet  # noqa: E402
+
+__all__ += ["RegNet"]
