@@ -53,6 +53,13 @@ def small_model_overrides(cfg: Any, channels: int = 64, num_classes: int = 3,
                                          init_cfg=None)
         used = list(backbone.get("out_indices", (0, 1, 2, 3)))
         in_channels = [64 * 2 ** i for i in used]
+    elif backbone["type"] == "HRNet":  # same branches, one narrow module of one block each
+        options["model.backbone.extra"] = _small_hrnet_extra(backbone["extra"], channels)
+        options["model.backbone.init_cfg"] = None
+        options["model.backbone.zero_init_residual"] = True
+        in_channels = list(options["model.backbone.extra"]["stage4"]["num_channels"])
+        if not backbone.get("multiscale_output", True):
+            in_channels = in_channels[:1]
     elif backbone["type"] == "CSPDarknet":
         options.update({"model.backbone.widen_factor": channels / 256,
                         "model.backbone.deepen_factor": 0.33,
@@ -188,6 +195,20 @@ def _teacher_overrides(model: Any, channels: int, num_classes: int, tiny_input: 
         for key, value in small_model_overrides(dict(model=parts), channels, num_classes,
                                                 tiny_input).items():
             options[key.replace("model.", "model.teacher_", 1)] = value
+
+
+def _small_hrnet_extra(extra: Any, channels: int) -> dict[str, Any]:
+    """HRNet stages with the config's branches, one module of one block per branch and widths
+    ``channels / 4 * 2**i`` (BASIC blocks in stages 2-4, as every zoo config has)."""
+    base = max(channels // 4, 4)
+    small: dict[str, Any] = {"stage1": dict(num_modules=1, num_branches=1, block="BOTTLENECK",
+                                            num_blocks=(1,), num_channels=(base,))}
+    for s in (2, 3, 4):
+        n = extra[f"stage{s}"]["num_branches"]
+        small[f"stage{s}"] = dict(num_modules=1, num_branches=n, block="BASIC",
+                                  num_blocks=(1,) * n,
+                                  num_channels=tuple(base * 2**i for i in range(n)))
+    return small
 
 
 def _neck_overrides(neck: Any, in_channels: list[int] | None, channels: int, tiny_input: bool,

@@ -32,6 +32,6 @@ from detlab.models.backbones.res2net import Res2Net  # noqa: E402
 
 __all__ += ["Res2Net"]
 
-from detlab.models.backbones.regnet import RegNet  # noqa: E402
+from detlab.models.backbones.hrnet import HRNet  # noqa: E402
 
-__all__ += ["RegNet"]
+__all__ += ["HRNet"]

@@ -40,3 +40,7 @@ __all__ += ["BFP", "NeckSequence", "build_neck"]
 from detlab.models.necks.pafpn import PAFPN  # noqa: E402
 
 __all__ += ["PAFPN"]
+
+from detlab.models.necks.hrfpn import HRFPN  # noqa: E402
+
+__all__ += ["HRFPN"]
