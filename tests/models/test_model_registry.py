@@ -1155,6 +1155,10 @@ COMPONENTS = {
         stage4=dict(num_modules=1, num_branches=4, block="BASIC", num_blocks=(1, 1, 1, 1),
                     num_channels=(4, 8, 16, 32)))), run_resnet),
     "HRFPN": (dict(in_channels=[4, 8], out_channels=8, num_outs=3), run_fpn),
+    # RegNet (a three-stage design: widths 16 / 32 / 64, groups of 8 channels)
+    "RegNet": (dict(arch=dict(w0=16, wa=12.0, wm=2.0, group_w=8, depth=6, bot_mul=1.0),
+                    strides=(2, 2, 2), dilations=(1, 1, 1), out_indices=(0, 1, 2),
+                    frozen_stages=-1), run_resnet),
 }
 
 

@@ -35,3 +35,7 @@ __all__ += ["Res2Net"]
 from detlab.models.backbones.hrnet import HRNet  # noqa: E402
 
 __all__ += ["HRNet"]
+
+from detlab.models.backbones.regnet import RegNet  # noqa: E402
+
+__all__ += ["RegNet"]
