@@ -12,7 +12,7 @@ positive priors its assigner gives one image's ground truths.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pandas as pd
@@ -60,6 +60,9 @@ def small_model_overrides(cfg: Any, channels: int = 64, num_classes: int = 3,
         in_channels = list(options["model.backbone.extra"]["stage4"]["num_channels"])
         if not backbone.get("multiscale_output", True):
             in_channels = in_channels[:1]
+    elif backbone["type"] == "TridentResNet":  # Bottlenecks only: kept, without its weights
+        options["model.backbone.init_cfg"] = None
+        in_channels = [256 * 2 ** i for i in backbone.get("out_indices", (2,))]
     elif backbone["type"] == "CSPDarknet":
         options.update({"model.backbone.widen_factor": channels / 256,
                         "model.backbone.deepen_factor": 0.33,
@@ -133,8 +136,33 @@ def _two_stage_overrides(model: Any, in_channels: int, channels: int, num_classe
     if roi.get("grid_head") is not None:  # Grid R-CNN: 9 points of 4 channels (GN of 36)
         options["model.roi_head.grid_head.in_channels"] = in_channels
         options["model.roi_head.grid_head.point_feat_channels"] = 4
+    shared = roi.get("shared_head")
+    if shared is not None:  # a ResLayer (C4 head) reads the maps: the box head reads its output
+        options["model.roi_head.shared_head.init_cfg"] = None
+        box_head = roi.get("bbox_head")
+        extractor = roi.get("bbox_roi_extractor")
+        if isinstance(box_head, Mapping) and box_head.get("with_avg_pool") \
+                and isinstance(extractor, Mapping):
+            # the full-width stage runs on every RoI: small RoIs (averaged anyway), few of them
+            options["model.roi_head.bbox_roi_extractor.roi_layer.output_size"] = 4
+            options["model.roi_head.bbox_head.roi_feat_size"] = 2
+            train, test = model.get("train_cfg") or {}, model.get("test_cfg") or {}
+            if isinstance(train.get("rcnn"), Mapping) and "sampler" in train["rcnn"]:
+                options["model.train_cfg.rcnn.sampler.num"] = 32
+            if isinstance(train.get("rpn_proposal"), Mapping):
+                options["model.train_cfg.rpn_proposal.max_per_img"] = 64
+            if isinstance(test.get("rpn"), Mapping):
+                options["model.test_cfg.rpn.max_per_img"] = 64
     for key in ("bbox_head", "mask_head", "mask_iou_head", "point_head"):
         heads = roi.get(key)
+        if shared is not None and key == "bbox_head" and shared.get("type") == "ResLayer":
+            expansion = 4 if shared.get("depth", 50) >= 50 else 1
+            if heads is not None and not isinstance(heads, (list, tuple)):
+                for name, value in _roi_part_overrides(
+                        heads, 64 * 2 ** shared.get("stage", 3) * expansion, channels,
+                        num_classes).items():
+                    options[f"model.roi_head.{key}.{name}"] = value
+                continue
         if isinstance(heads, (list, tuple)):
             options[f"model.roi_head.{key}"] = [
                 dict(h, **_roi_part_overrides(h, in_channels, channels, num_classes))

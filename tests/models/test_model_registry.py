@@ -1096,6 +1096,29 @@ COMPONENTS = {
                       bbox_coder=dict(type="BucketingBBoxCoder", num_buckets=8,
                                       scale_factor=1.7)),
                  lambda module: run_sabl_bbox_head(module)),
+    # TridentNet (M2): a ResNet-50 C4 whose third stage runs three weight-sharing branches
+    "TridentResNet": (dict(depth=50, num_branch=3, test_branch_idx=1, trident_dilations=(1, 2, 3),
+                      num_stages=3, strides=(1, 2, 2), dilations=(1, 1, 1),
+                      out_indices=(2,), frozen_stages=-1, style="caffe"),
+                      run_resnet),
+    "TridentRoIHead": (dict({k: v for k, v in ROI_HEAD.items() if k != "type"}, num_branch=3,
+                            test_branch_idx=1, train_cfg=RCNN_TRAIN_CFG,
+                            test_cfg=RCNN_TEST_CFG),
+                       lambda module: run_roi_head(module)),
+    "TridentFasterRCNN": (dict(
+        backbone=dict(type="TridentResNet", depth=50, num_branch=3, test_branch_idx=1,
+                      trident_dilations=(1, 2, 3), num_stages=3, strides=(1, 2, 2),
+                      dilations=(1, 1, 1), out_indices=(2,), frozen_stages=-1, style="caffe"),
+        rpn_head=dict(RPN_HEAD, type="RPNHead", in_channels=1024, anchor_generator=dict(
+            RPN_HEAD["anchor_generator"], scales=[1], strides=[16])),
+        roi_head=dict(ROI_HEAD, type="TridentRoIHead", num_branch=3, test_branch_idx=1,
+                      bbox_roi_extractor=dict(ROI_HEAD["bbox_roi_extractor"], out_channels=1024,
+                                              featmap_strides=[16]),
+                      bbox_head=dict(ROI_HEAD["bbox_head"], in_channels=1024)),
+        train_cfg=dict(rpn=RPN_TRAIN_CFG, rpn_proposal=RPN_TEST_CFG, rcnn=RCNN_TRAIN_CFG),
+        test_cfg=dict(rpn=RPN_TEST_CFG, rcnn=RCNN_TEST_CFG)),
+        lambda module: run_two_stage_detector(module)),
+    # (M2 end)
     # Hybrid Task Cascade (M1): HTCMaskHead, FusedSemanticHead, HybridTaskCascadeRoIHead (two
     # stages, semantic branch, interleaved, mask information flow), HybridTaskCascade
     "HTCMaskHead": (dict(MASK_HEAD, with_conv_res=True), lambda module: run_htc_mask_head(module)),

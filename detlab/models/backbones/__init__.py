@@ -39,3 +39,7 @@ __all__ += ["HRNet"]
 from detlab.models.backbones.regnet import RegNet  # noqa: E402
 
 __all__ += ["RegNet"]
+
+from detlab.models.backbones.trident_resnet import TridentResNet  # noqa: E402
+
+__all__ += ["TridentResNet"]

@@ -114,3 +114,7 @@ __all__ += ["HybridTaskCascade"]
 from detlab.models.detectors.scnet import SCNet  # noqa: E402
 
 __all__ += ["SCNet"]
+
+from detlab.models.detectors.trident_faster_rcnn import TridentFasterRCNN  # noqa: E402
+
+__all__ += ["TridentFasterRCNN"]

@@ -68,3 +68,7 @@ __all__ += ["HybridTaskCascadeRoIHead"]
 from detlab.models.roi_heads.scnet_roi_head import SCNetBBoxHead, SCNetRoIHead  # noqa: E402
 
 __all__ += ["SCNetBBoxHead", "SCNetRoIHead"]
+
+from detlab.models.roi_heads.trident_roi_head import TridentRoIHead  # noqa: E402
+
+__all__ += ["TridentRoIHead"]
