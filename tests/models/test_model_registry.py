@@ -1182,6 +1182,10 @@ COMPONENTS = {
     "RegNet": (dict(arch=dict(w0=16, wa=12.0, wm=2.0, group_w=8, depth=6, bot_mul=1.0),
                     strides=(2, 2, 2), dilations=(1, 1, 1), out_indices=(0, 1, 2),
                     frozen_stages=-1), run_resnet),
+    # ResNeSt
+    "ResNeSt": (dict(depth=50, num_stages=2, strides=(1, 2), dilations=(1, 1), out_indices=(0, 1),
+                     stem_channels=8, base_channels=8, radix=2, reduction_factor=4),
+                run_resnet),
 }
 
 

@@ -43,3 +43,7 @@ __all__ += ["RegNet"]
 from detlab.models.backbones.trident_resnet import TridentResNet  # noqa: E402
 
 __all__ += ["TridentResNet"]
+
+from detlab.models.backbones.resnest import ResNeSt  # noqa: E402
+
+__all__ += ["ResNeSt"]

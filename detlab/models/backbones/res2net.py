@@ -55,7 +55,8 @@ def build_deep_stem(conv_cfg: Mapping | None, norm_cfg: Mapping, in_channels: in
 def avg_down_shortcut(conv_cfg: Mapping | None, norm_cfg: Mapping, in_channels: int,
                       out_channels: int, stride: int) -> nn.Sequential:
     """The ``avg_down`` shortcut: ``stride`` x ``stride`` average pooling (ceil mode, padding
-    not counted), then a stride-1 1x1 conv and a norm (``downsample.1`` / ``downsample.2``)."""
+    not counted), then a stride-1 1x1 conv and a norm (``downsample.1`` / ``downsample.2``;
+    a 1x1 pooling at stride 1, as in MMDetection)."""
     return nn.Sequential(
         nn.AvgPool2d(kernel_size=stride, stride=stride, ceil_mode=True,
                      count_include_pad=False),
@@ -117,89 +118,61 @@ class Bottle2neck(nn.Module):
         return self.relu(out + identity)
 
 
-@MODELS.register_module()
-class Res2Net(FrozenStagesMixin, nn.Module):
-    """Res2Net-50/101/152 returning the outputs of the stages in ``out_indices``.
+class DeepStemResNet(FrozenStagesMixin, nn.Module):
+    """What MMDetection's Res2Net and ResNeSt share: the deep stem (``stem``), max pooling,
+    ``layer1``... ``layerN`` built by :meth:`_make_stage`, frozen stages, ``norm_eval``,
+    ``with_cp``, the ResNet init and ``init_cfg`` / ``pretrained``, and MMDetection's norm
+    names in the state_dict (``gn1`` ... with GN). ``name`` prefixes the config errors."""
 
-    Args:
-        scales: groups each block's 3x3 stage is split into (2 or more).
-        base_width: channels of a group per 64 ``planes`` (26 for ``r2_101`` -- 26w_4s).
-        depth: 50, 101 or 152.
-        style, deep_stem, avg_down: accepted and overridden, as in MMDetection (always the
-            pytorch style, the deep stem and average-pooling shortcuts).
-        in_channels, stem_channels, base_channels, num_stages, strides, dilations,
-        out_indices, frozen_stages, norm_cfg, norm_eval, with_cp, dcn, stage_with_dcn,
-        zero_init_residual, conv_cfg, init_cfg, pretrained: as
-            :class:`~detlab.models.backbones.resnet.ResNet`; ``dcn`` makes every 3x3 conv of
-            the stages ``stage_with_dcn`` marks deformable (``fallback_on_stride`` is ignored,
-            as MMDetection's Res2Net ignores it).
-        plugins: not supported (no zoo config uses them with Res2Net).
-    """
+    name = "DeepStemResNet"
+    arch: dict[int, tuple[int, ...]] = {}
 
-    def __init__(self, scales: int = 4, base_width: int = 26, style: str = "pytorch",
-                 deep_stem: bool = True, avg_down: bool = True,
-                 pretrained: str | None = None,
-                 init_cfg: Mapping | Sequence[Mapping] | None = None, *, depth: int,
-                 in_channels: int = 3, stem_channels: int | None = None,
-                 base_channels: int = 64, num_stages: int = 4,
-                 strides: Sequence[int] = (1, 2, 2, 2), dilations: Sequence[int] = (1, 1, 1, 1),
-                 out_indices: Sequence[int] = (0, 1, 2, 3), frozen_stages: int = -1,
-                 conv_cfg: Mapping | None = None, norm_cfg: Mapping = BN,
-                 norm_eval: bool = True, dcn: Mapping | None = None,
-                 stage_with_dcn: Sequence[bool] = (False, False, False, False),
-                 plugins: Sequence[Mapping] | None = None, with_cp: bool = False,
-                 zero_init_residual: bool = True) -> None:
+    def __init__(self, depth: int, in_channels: int, stem_channels: int | None,
+                 base_channels: int, num_stages: int, strides: Sequence[int],
+                 dilations: Sequence[int], out_indices: Sequence[int], frozen_stages: int,
+                 conv_cfg: Mapping | None, norm_cfg: Mapping, norm_eval: bool,
+                 with_cp: bool, zero_init_residual: bool,
+                 init_cfg: Mapping | Sequence[Mapping] | None,
+                 pretrained: str | None) -> None:
         super().__init__()
-        if depth not in RES2NET_ARCH:
-            raise ConfigError(f"Res2Net depth must be one of {sorted(RES2NET_ARCH)}, got "
-                              f"{depth!r}")
-        if scales < 2:
-            raise ConfigError(f"Res2Net scales must be 2 or more (scales=1 is a plain ResNet: "
-                              f"use type='ResNet'), got {scales!r}")
-        if plugins:
-            raise ConfigError("Res2Net plugins= are not supported; remove backbone.plugins or "
-                              "use type='ResNet'")
-        ResNet._check_args(depth, num_stages, strides, dilations, out_indices, "pytorch",
-                           frozen_stages)
-        if dcn is not None and len(stage_with_dcn) != num_stages:
-            raise ConfigError(f"Res2Net stage_with_dcn {tuple(stage_with_dcn)} needs one entry "
-                              f"per stage ({num_stages})")
+        name = self.name
+        if depth not in self.arch:
+            raise ConfigError(f"{name} depth must be one of {sorted(self.arch)}, got {depth!r}")
+        if not 1 <= num_stages <= 4:
+            raise ConfigError(f"{name} num_stages must be 1-4, got {num_stages}")
+        if len(strides) != num_stages or len(dilations) != num_stages:
+            raise ConfigError(f"{name} strides {tuple(strides)} and dilations "
+                              f"{tuple(dilations)} need one entry per stage ({num_stages})")
+        if not out_indices or any(not 0 <= i < num_stages for i in out_indices):
+            raise ConfigError(f"{name} out_indices {tuple(out_indices)} must be stage indices "
+                              f"0..{num_stages - 1}")
+        if not -1 <= frozen_stages <= num_stages:
+            raise ConfigError(f"{name} frozen_stages must be -1..{num_stages}, got "
+                              f"{frozen_stages}")
         if pretrained is not None:
             if init_cfg is not None:
-                raise ConfigError("Res2Net: set init_cfg or pretrained, not both (pretrained is "
-                                  "deprecated: use init_cfg=dict(type='Pretrained', "
-                                  "checkpoint=...))")
-            warnings.warn("Res2Net(pretrained=...) is deprecated, use init_cfg=dict("
-                          "type='Pretrained', checkpoint=...)", DeprecationWarning, stacklevel=2)
+                raise ConfigError(f"{name}: set init_cfg or pretrained, not both (pretrained is "
+                                  f"deprecated: use init_cfg=dict(type='Pretrained', "
+                                  f"checkpoint=...))")
+            warnings.warn(f"{name}(pretrained=...) is deprecated, use init_cfg=dict("
+                          f"type='Pretrained', checkpoint=...)", DeprecationWarning,
+                          stacklevel=3)
             init_cfg = dict(type="Pretrained", checkpoint=pretrained)
         stem_channels = base_channels if stem_channels is None else stem_channels
-        self.depth, self.scales, self.base_width = depth, scales, base_width
-        self.num_stages, self.out_indices = num_stages, tuple(out_indices)
+        self.depth, self.num_stages, self.out_indices = depth, num_stages, tuple(out_indices)
         self.style, self.deep_stem, self.avg_down = "pytorch", True, True
         self.frozen_stages, self.norm_eval, self.with_cp = frozen_stages, norm_eval, with_cp
         self.zero_init_residual, self.init_cfg = zero_init_residual, thaw(init_cfg)
-        self.dcn, self.stage_with_dcn = thaw(dcn), tuple(stage_with_dcn)
         self.stem = build_deep_stem(conv_cfg, norm_cfg, in_channels, stem_channels)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         inplanes, self.stage_channels = stem_channels, []
-        for i, num_blocks in enumerate(RES2NET_ARCH[depth][:num_stages]):
+        for i, num_blocks in enumerate(self.arch[depth][:num_stages]):
             planes = base_channels * 2**i
-            out_channels = planes * Bottle2neck.expansion
-            stage_dcn = self.dcn if dcn is not None and self.stage_with_dcn[i] else None
-            blocks = []
-            for j in range(num_blocks):
-                first = j == 0
-                downsample = None
-                if first and (strides[i] != 1 or inplanes != out_channels):
-                    downsample = avg_down_shortcut(conv_cfg, norm_cfg, inplanes, out_channels,
-                                                   strides[i])
-                blocks.append(Bottle2neck(
-                    inplanes if first else out_channels, planes, strides[i] if first else 1,
-                    dilations[i], downsample, scales, base_width, base_channels,
-                    "stage" if first else "normal", norm_cfg, conv_cfg, stage_dcn))
-            self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
-            inplanes = out_channels
-            self.stage_channels.append(out_channels)
+            stage = self._make_stage(i, inplanes, planes, num_blocks, strides[i], dilations[i],
+                                     base_channels, conv_cfg, norm_cfg)
+            self.add_module(f"layer{i + 1}", stage)
+            inplanes = planes * 4
+            self.stage_channels.append(inplanes)
         self.out_channels = [self.stage_channels[i] for i in self.out_indices]
         self._norm_prefix = build_norm_layer(norm_cfg, 64)[0]
         if self._norm_prefix != "bn":  # MMDetection's names (gn1 ...) in the state_dict
@@ -207,6 +180,11 @@ class Res2Net(FrozenStagesMixin, nn.Module):
             self._register_load_state_dict_pre_hook(self._load_norm_names)
         self._default_init()
         self._freeze_stages()
+
+    def _make_stage(self, index: int, inplanes: int, planes: int, num_blocks: int, stride: int,
+                    dilation: int, base_channels: int, conv_cfg: Mapping | None,
+                    norm_cfg: Mapping) -> nn.Sequential:
+        raise NotImplementedError
 
     _state_dict_norm_names = ResNet._state_dict_norm_names
     _load_norm_names = ResNet._load_norm_names
@@ -253,3 +231,74 @@ class Res2Net(FrozenStagesMixin, nn.Module):
             if i in self.out_indices:
                 outs.append(x)
         return tuple(outs)
+
+
+@MODELS.register_module()
+class Res2Net(DeepStemResNet):
+    """Res2Net-50/101/152 returning the outputs of the stages in ``out_indices``.
+
+    Args:
+        scales: groups each block's 3x3 stage is split into (2 or more).
+        base_width: channels of a group per 64 ``planes`` (26 for ``r2_101`` -- 26w_4s).
+        depth: 50, 101 or 152.
+        style, deep_stem, avg_down: accepted and overridden, as in MMDetection (always the
+            pytorch style, the deep stem and average-pooling shortcuts).
+        in_channels, stem_channels, base_channels, num_stages, strides, dilations,
+        out_indices, frozen_stages, norm_cfg, norm_eval, with_cp, dcn, stage_with_dcn,
+        zero_init_residual, conv_cfg, init_cfg, pretrained: as
+            :class:`~detlab.models.backbones.resnet.ResNet`; ``dcn`` makes every 3x3 conv of
+            the stages ``stage_with_dcn`` marks deformable (``fallback_on_stride`` is ignored,
+            as MMDetection's Res2Net ignores it).
+        plugins: not supported (no zoo config uses them with Res2Net).
+    """
+
+    name = "Res2Net"
+    arch = RES2NET_ARCH
+
+    def __init__(self, scales: int = 4, base_width: int = 26, style: str = "pytorch",
+                 deep_stem: bool = True, avg_down: bool = True,
+                 pretrained: str | None = None,
+                 init_cfg: Mapping | Sequence[Mapping] | None = None, *, depth: int,
+                 in_channels: int = 3, stem_channels: int | None = None,
+                 base_channels: int = 64, num_stages: int = 4,
+                 strides: Sequence[int] = (1, 2, 2, 2), dilations: Sequence[int] = (1, 1, 1, 1),
+                 out_indices: Sequence[int] = (0, 1, 2, 3), frozen_stages: int = -1,
+                 conv_cfg: Mapping | None = None, norm_cfg: Mapping = BN,
+                 norm_eval: bool = True, dcn: Mapping | None = None,
+                 stage_with_dcn: Sequence[bool] = (False, False, False, False),
+                 plugins: Sequence[Mapping] | None = None, with_cp: bool = False,
+                 zero_init_residual: bool = True) -> None:
+        if scales < 2:
+            raise ConfigError(f"Res2Net scales must be 2 or more (scales=1 is a plain ResNet: "
+                              f"use type='ResNet'), got {scales!r}")
+        if plugins:
+            raise ConfigError("Res2Net plugins= are not supported; remove backbone.plugins or "
+                              "use type='ResNet'")
+        if dcn is not None and len(stage_with_dcn) != num_stages:
+            raise ConfigError(f"Res2Net stage_with_dcn {tuple(stage_with_dcn)} needs one entry "
+                              f"per stage ({num_stages})")
+        self.scales, self.base_width = scales, base_width
+        self.dcn, self.stage_with_dcn = thaw(dcn), tuple(stage_with_dcn)
+        super().__init__(depth, in_channels, stem_channels, base_channels, num_stages, strides,
+                         dilations, out_indices, frozen_stages, conv_cfg, norm_cfg, norm_eval,
+                         with_cp, zero_init_residual, init_cfg, pretrained)
+
+    def _make_stage(self, index: int, inplanes: int, planes: int, num_blocks: int, stride: int,
+                    dilation: int, base_channels: int, conv_cfg: Mapping | None,
+                    norm_cfg: Mapping) -> nn.Sequential:
+        """A stage: the first block ``stage`` type with the average-pooling shortcut (even at
+        stride 1, a 1x1 pooling, as in MMDetection), the others ``normal``."""
+        out_channels = planes * Bottle2neck.expansion
+        stage_dcn = self.dcn if self.dcn is not None and self.stage_with_dcn[index] else None
+        blocks = []
+        for j in range(num_blocks):
+            first = j == 0
+            downsample = None
+            if first and (stride != 1 or inplanes != out_channels):
+                downsample = avg_down_shortcut(conv_cfg, norm_cfg, inplanes, out_channels,
+                                               stride)
+            blocks.append(Bottle2neck(
+                inplanes if first else out_channels, planes, stride if first else 1, dilation,
+                downsample, self.scales, self.base_width, base_channels,
+                "stage" if first else "normal", norm_cfg, conv_cfg, stage_dcn))
+        return nn.Sequential(*blocks)
