@@ -14,12 +14,15 @@ images' size, of which MMDetection sees the top-left eighth (``SegRescale(1 / 8)
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
+import numpy as np
 import pytest
 import test_cascade_rcnn
 import torch
-from reference.mmdet_reference import mmdet_config_dir
+import torch.nn.functional as F
+from reference.mmdet_reference import import_mmdet, mmdet_config_dir
 from test_cascade_rcnn import STAGES, build_cascade_pair
 from test_mask_rcnn import CLASSES, HEIGHT, WIDTH, _metas, _mmdet_losses, _targets
 
@@ -177,3 +180,49 @@ def test_non_interleaved_htc_trains():
     losses = model.loss(Batch(torch.randn(2, 3, HEIGHT, WIDTH), targets, _metas()))
     assert "s2.loss_mask" in losses and "loss_semantic_seg" in losses
     assert all(torch.isfinite(v).all() for v in losses.values())
+
+
+def _seg_sample(h, w, seed):
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 255, (h, w, 3)).astype(np.uint8)
+    return dict(img=img, img_shape=img.shape, ori_shape=img.shape, pad_shape=img.shape,
+                scale_factor=np.ones(4, np.float32), flip=False, flip_direction=None,
+                img_norm_cfg=dict(mean=np.zeros(3), std=np.ones(3), to_rgb=False),
+                img_fields=["img"], gt_bboxes=np.array([[2, 3, 20, 25]], np.float32),
+                gt_labels=np.array([1]), bbox_fields=["gt_bboxes"],
+                gt_semantic_seg=rng.integers(0, SEM_CLASSES, (h, w)).astype(np.uint8),
+                seg_fields=["gt_semantic_seg"], filename="a.png", ori_filename="a.png")
+
+
+def test_semantic_maps_of_the_pipeline_are_mmdetections():
+    """HTC's train pipeline tail (Pad(size_divisor=32), SegRescale(1/8), formatting) and the
+    batch: the semantic head's targets (the top-left of the 255-padded maps) are
+    MMDetection's collated ``gt_semantic_seg`` -- the same pixels OpenCV's nearest resize
+    picks -- for images of different sizes."""
+    import_mmdet()
+    from mmcv.parallel import collate as reference_collate
+    from mmdet.datasets.pipelines import Compose as ReferenceCompose
+
+    from detlab.data import collate
+    from detlab.data.transforms import Compose
+
+    steps = [dict(type="Pad", size_divisor=32), dict(type="SegRescale", scale_factor=1 / 8),
+             dict(type="DefaultFormatBundle"),
+             dict(type="Collect", keys=["img", "gt_bboxes", "gt_labels", "gt_semantic_seg"])]
+    ours, theirs = Compose(copy.deepcopy(steps)), ReferenceCompose(copy.deepcopy(steps))
+    shapes = [(70, 90), (100, 50)]
+    batch = collate([ours(_seg_sample(h, w, i)) for i, (h, w) in enumerate(shapes)])
+    expected = reference_collate([theirs(_seg_sample(h, w, i))
+                                  for i, (h, w) in enumerate(shapes)], samples_per_gpu=2)
+    expected = expected["gt_semantic_seg"].data[0][:, 0].long()
+    head = MODELS.build(dict(type="FusedSemanticHead", num_ins=1, fusion_level=0, num_convs=0,
+                             in_channels=4, conv_out_channels=4, num_classes=SEM_CLASSES))
+    targets = head.semantic_targets(batch.targets)
+    h, w = expected.shape[-2:]
+    assert (h, w) == (batch.images.shape[-2] // STRIDE, batch.images.shape[-1] // STRIDE)
+    assert torch.equal(targets[:, :h, :w], expected)
+    assert (targets[:, h:] == 255).all() and (targets[:, :, w:] == 255).all()
+    logits = torch.randn(2, SEM_CLASSES, h, w)
+    torch.testing.assert_close(head.loss(logits, targets),
+                               0.2 * F.cross_entropy(logits, expected, ignore_index=255,
+                                                     reduction="sum") / expected.numel())

@@ -504,7 +504,8 @@ class SegRescale:
 
     Args:
         scale_factor: the factor.
-        backend: ``'cv2'`` or ``'pillow'``, accepted for MMDetection configs; PIL resizes both.
+        backend: ``'cv2'`` (the default): the pixels OpenCV's nearest-neighbour resize picks,
+            as MMDetection's (without OpenCV); ``'pillow'``: PIL's nearest.
     """
 
     def __init__(self, scale_factor: float = 1, backend: str = "cv2") -> None:
@@ -518,8 +519,23 @@ class SegRescale:
     def __call__(self, results: dict[str, Any]) -> dict[str, Any]:
         if self.scale_factor != 1:
             for key in results.get("seg_fields", []):
-                results[key] = imrescale(results[key], self.scale_factor, "nearest")
+                if self.backend == "cv2":
+                    results[key] = _cv2_nearest_rescale(results[key], self.scale_factor)
+                else:
+                    results[key] = imrescale(results[key], self.scale_factor, "nearest")
         return results
 
     def __repr__(self) -> str:
         return f"SegRescale(scale_factor={self.scale_factor})"
+
+
+def _cv2_nearest_rescale(seg: np.ndarray, scale: float) -> np.ndarray:
+    """``seg`` rescaled by ``scale`` as OpenCV's ``INTER_NEAREST`` picks pixels (the source
+    pixel ``floor(i * src / dst)``, MMDetection's default for SegRescale), which PIL's
+    nearest (the pixel under the output pixel's centre) does not: at 1/8 they are half a
+    stride apart. The size is mmcv's (:func:`rescale_size`)."""
+    h, w = seg.shape[:2]
+    (new_w, new_h), _ = rescale_size((w, h), scale)
+    rows = np.minimum(np.floor(np.arange(new_h) * (1.0 / (new_h / h))).astype(np.int64), h - 1)
+    cols = np.minimum(np.floor(np.arange(new_w) * (1.0 / (new_w / w))).astype(np.int64), w - 1)
+    return seg[rows][:, cols]
