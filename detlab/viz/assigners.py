@@ -53,6 +53,9 @@ def small_model_overrides(cfg: Any, channels: int = 64, num_classes: int = 3,
                                          init_cfg=None)
         used = list(backbone.get("out_indices", (0, 1, 2, 3)))
         in_channels = [64 * 2 ** i for i in used]
+    elif backbone["type"] == "TridentResNet":  # Bottlenecks only: kept, without its weights
+        options["model.backbone.init_cfg"] = None
+        in_channels = [256 * 2 ** i for i in backbone.get("out_indices", (2,))]
     elif backbone["type"] == "HRNet":  # same branches, one narrow module of one block each
         options["model.backbone.extra"] = _small_hrnet_extra(backbone["extra"], channels)
         options["model.backbone.init_cfg"] = None
@@ -60,9 +63,6 @@ def small_model_overrides(cfg: Any, channels: int = 64, num_classes: int = 3,
         in_channels = list(options["model.backbone.extra"]["stage4"]["num_channels"])
         if not backbone.get("multiscale_output", True):
             in_channels = in_channels[:1]
-    elif backbone["type"] == "TridentResNet":  # Bottlenecks only: kept, without its weights
-        options["model.backbone.init_cfg"] = None
-        in_channels = [256 * 2 ** i for i in backbone.get("out_indices", (2,))]
     elif backbone["type"] == "CSPDarknet":
         options.update({"model.backbone.widen_factor": channels / 256,
                         "model.backbone.deepen_factor": 0.33,

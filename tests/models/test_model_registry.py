@@ -243,6 +243,7 @@ def run_assigner_with_predictions(obj):
     assert int((result.gt_inds >= 0).sum()) == 20 or name == "UniformAssigner"
 
 
+
 SABL_HEAD = dict(num_classes=2, in_channels=8, feat_channels=8, stacked_convs=1,
                  approx_anchor_generator=dict(type="AnchorGenerator", octave_base_scale=4,
                                               scales_per_octave=1, ratios=[0.5, 1.0, 2.0],
@@ -253,7 +254,6 @@ SABL_HEAD = dict(num_classes=2, in_channels=8, feat_channels=8, stacked_convs=1,
                                                          pos_iou_thr=0.5, neg_iou_thr=0.4,
                                                          min_pos_iou=0, ignore_iof_thr=-1)),
                  test_cfg=TEST_CFG)
-
 GA_RETINA_HEAD = dict(
     num_classes=2, in_channels=8, feat_channels=8, stacked_convs=1,
     approx_anchor_generator=dict(type="AnchorGenerator", octave_base_scale=4,
@@ -283,6 +283,7 @@ LD_GFL_HEAD = dict(num_classes=2, in_channels=8, feat_channels=8, stacked_convs=
                                          octave_base_scale=4, scales_per_octave=1,
                                          strides=[8, 16]))
 
+PISA_TRAIN_CFG = dict(isr=dict(k=2.0, bias=0.0), carl=dict(k=1.0, bias=0.2))
 
 LAD_HEAD = dict(num_classes=2, in_channels=8, feat_channels=8, stacked_convs=1,
                 norm_cfg=dict(type="GN", num_groups=4),
@@ -323,9 +324,6 @@ def run_rpn_detector(module):
     sum(losses.values()).backward()
     results = module.eval().predict(batch)
     assert len(results) == 2 and all((r.labels == 0).all() for r in results)
-
-
-PISA_TRAIN_CFG = dict(isr=dict(k=2.0, bias=0.0), carl=dict(k=1.0, bias=0.2))
 
 
 # ---- Faster R-CNN ------------------------------------------------------------------------
@@ -794,6 +792,11 @@ COMPONENTS = {
                                                          if not k.endswith("_cfg")}),
                     train_cfg=YOLO_HEAD["train_cfg"], test_cfg=YOLO_HEAD["test_cfg"]),
                lambda module: run_yolo_detector(module)),
+    # MobileNetV2 (SSDlite, YOLOv3-MobileNetV2)
+    "MobileNetV2": (dict(widen_factor=0.25, out_indices=(6, 7)), run_resnet),
+    # ResNeXt
+    "ResNeXt": (dict(depth=50, groups=4, base_width=4, num_stages=2, strides=(1, 2),
+                     dilations=(1, 1), out_indices=(0, 1), frozen_stages=-1), run_resnet),
     # YOLOF
     "DilatedEncoder": (dict(in_channels=8, out_channels=8, block_mid_channels=4,
                             num_residual_blocks=2, block_dilations=[2, 4]), run_fpn),
@@ -818,8 +821,8 @@ COMPONENTS = {
                                                  norm_cfg=dict(type="GN", num_groups=4)),
                         train_cfg=None),
                    lambda module: run_autoassign(module)),
-    # MobileNetV2 (SSDlite, YOLOv3-MobileNetV2)
-    "MobileNetV2": (dict(widen_factor=0.25, out_indices=(6, 7)), run_resnet),
+    # EfficientNet
+    "EfficientNet": (dict(arch="b0", out_indices=(2, 3)), run_resnet),
     # FSAF
     "FSAFHead": (FSAF_HEAD, run_head),
     "FSAF": (dict(DETECTOR, bbox_head=dict({k: v for k, v in FSAF_HEAD.items()
@@ -832,14 +835,6 @@ COMPONENTS = {
                                             if k not in ("train_cfg", "test_cfg")},
                                            type="DDODHead"),
                   train_cfg=DDOD_HEAD["train_cfg"]), run_detector),
-    # NAS-FPN: RetinaSepBNHead, NASFPN
-    "RetinaSepBNHead": (dict({k: v for k, v in HEAD.items() if k != "type"}, num_ins=2,
-                             norm_cfg=dict(type="BN", requires_grad=True)), run_head),
-    "NASFPN": (dict(in_channels=[4, 8], out_channels=8, num_outs=5, stack_times=1,
-                    norm_cfg=dict(type="BN", requires_grad=True)), run_fpn),
-    # ResNeXt
-    "ResNeXt": (dict(depth=50, groups=4, base_width=4, num_stages=2, strides=(1, 2),
-                     dilations=(1, 1), out_indices=(0, 1), frozen_stages=-1), run_resnet),
     # NAS-FPN: RetinaSepBNHead, NASFPN
     "RetinaSepBNHead": (dict({k: v for k, v in HEAD.items() if k != "type"}, num_ins=2,
                              norm_cfg=dict(type="BN", requires_grad=True)), run_head),
@@ -874,12 +869,6 @@ COMPONENTS = {
                                     norm_cfg=dict(type="GN", num_groups=4)),
                      test_cfg=TEST_CFG),
                 run_detector),
-    # EfficientNet
-    "EfficientNet": (dict(arch="b0", out_indices=(2, 3)), run_resnet),
-    # SABL RetinaNet
-    "SABLRetinaHead": (SABL_HEAD, lambda module: run_sabl_head(module)),
-    "BucketingBBoxCoder": (dict(num_buckets=14, scale_factor=3.0),
-                           lambda coder: run_bucketing_coder(coder)),
     # RepPoints
     "RepPointsHead": (REPPOINTS_HEAD, lambda module: run_reppoints(module)),
     "RepPointsDetector": (dict(DETECTOR, bbox_head=dict({k: v for k, v in REPPOINTS_HEAD.items()
@@ -887,6 +876,10 @@ COMPONENTS = {
                                                         type="RepPointsHead"),
                                train_cfg=REPPOINTS_HEAD["train_cfg"]),
                           lambda module: run_reppoints(module)),
+    # SABL RetinaNet
+    "SABLRetinaHead": (SABL_HEAD, lambda module: run_sabl_head(module)),
+    "BucketingBBoxCoder": (dict(num_buckets=14, scale_factor=3.0),
+                           lambda coder: run_bucketing_coder(coder)),
     # LD (knowledge distillation): the head takes the teacher's regression maps
     "LDHead": (dict(num_classes=2, in_channels=8, feat_channels=8, stacked_convs=1, reg_max=4,
                     norm_cfg=dict(type="GN", num_groups=4),
@@ -902,8 +895,6 @@ COMPONENTS = {
                                             bbox_head=dict(LD_GFL_HEAD, type="GFLHead"),
                                             train_cfg=None))),
         lambda module: run_kd_detector(module)),
-    # Guided Anchoring RetinaNet
-    "GARetinaHead": (GA_RETINA_HEAD, lambda module: run_ga_head(module)),
     # LAD (label assignment distillation): the head learns on a teacher's PAA assignment
     "LADHead": (dict(LAD_HEAD, train_cfg=dict(TRAIN_CFG, assigner=PAA_ASSIGNER),
                      test_cfg=TEST_CFG), run_head),
@@ -912,12 +903,6 @@ COMPONENTS = {
                  teacher_bbox_head=dict(LAD_HEAD, type="LADHead"), teacher_ckpt=None,
                  train_cfg=dict(TRAIN_CFG, assigner=PAA_ASSIGNER)),
             lambda module: run_kd_detector(module)),
-    # RPN
-    "RPNHead": (dict(RPN_HEAD, train_cfg=RPN_TRAIN_CFG, test_cfg=RPN_TEST_CFG), run_rpn_head),
-    "RPN": (dict(backbone=DETECTOR["backbone"], neck=DETECTOR["neck"],
-                 rpn_head=dict(RPN_HEAD, type="RPNHead"),
-                 train_cfg=dict(rpn=RPN_TRAIN_CFG), test_cfg=dict(rpn=RPN_TEST_CFG)),
-            run_rpn_detector),
     # PISA: ISR-P reweighting and the CARL loss on RetinaNet's and SSD's heads
     "PISARetinaHead": (dict({k: v for k, v in HEAD.items() if k != "type"},
                             train_cfg=dict(TRAIN_CFG, **PISA_TRAIN_CFG)), run_head),
@@ -928,6 +913,14 @@ COMPONENTS = {
                          train_cfg=dict(TRAIN_CFG, neg_pos_ratio=3, smoothl1_beta=1.0,
                                         **PISA_TRAIN_CFG),
                          test_cfg=TEST_CFG), run_head),
+    # Guided Anchoring RetinaNet
+    "GARetinaHead": (GA_RETINA_HEAD, lambda module: run_ga_head(module)),
+    # RPN
+    "RPNHead": (dict(RPN_HEAD, train_cfg=RPN_TRAIN_CFG, test_cfg=RPN_TEST_CFG), run_rpn_head),
+    "RPN": (dict(backbone=DETECTOR["backbone"], neck=DETECTOR["neck"],
+                 rpn_head=dict(RPN_HEAD, type="RPNHead"),
+                 train_cfg=dict(rpn=RPN_TRAIN_CFG), test_cfg=dict(rpn=RPN_TEST_CFG)),
+            run_rpn_detector),
     # Faster R-CNN: RoI extractor, box heads, StandardRoIHead, two-stage detectors
     "SingleRoIExtractor": (ROI_EXTRACTOR, lambda module: run_roi_extractor(module)),
     "BBoxHead": (dict(in_channels=8, roi_feat_size=4, num_classes=2, with_avg_pool=True),
@@ -1164,6 +1157,10 @@ COMPONENTS = {
     "Res2Net": (dict(depth=50, scales=2, base_width=8, base_channels=8, stem_channels=8,
                      num_stages=2, strides=(1, 2), dilations=(1, 1), out_indices=(0, 1)),
                 run_resnet),
+    # RegNet (a three-stage design: widths 16 / 32 / 64, groups of 8 channels)
+    "RegNet": (dict(arch=dict(w0=16, wa=12.0, wm=2.0, group_w=8, depth=6, bot_mul=1.0),
+                    strides=(2, 2, 2), dilations=(1, 1, 1), out_indices=(0, 1, 2),
+                    frozen_stages=-1), run_resnet),
     # PAFPN
     "PAFPN": (dict(in_channels=[4, 8], out_channels=8, num_outs=3, add_extra_convs="on_output"),
               run_fpn),
@@ -1178,10 +1175,6 @@ COMPONENTS = {
         stage4=dict(num_modules=1, num_branches=4, block="BASIC", num_blocks=(1, 1, 1, 1),
                     num_channels=(4, 8, 16, 32)))), run_resnet),
     "HRFPN": (dict(in_channels=[4, 8], out_channels=8, num_outs=3), run_fpn),
-    # RegNet (a three-stage design: widths 16 / 32 / 64, groups of 8 channels)
-    "RegNet": (dict(arch=dict(w0=16, wa=12.0, wm=2.0, group_w=8, depth=6, bot_mul=1.0),
-                    strides=(2, 2, 2), dilations=(1, 1, 1), out_indices=(0, 1, 2),
-                    frozen_stages=-1), run_resnet),
     # ResNeSt
     "ResNeSt": (dict(depth=50, num_stages=2, strides=(1, 2), dilations=(1, 1), out_indices=(0, 1),
                      stem_channels=8, base_channels=8, radix=2, reduction_factor=4),
@@ -1287,6 +1280,24 @@ def run_nasfcos_fpn(module):
     _backward_through(module, outputs)
 
 
+def run_reppoints(module):
+    """RepPoints' head or detector: the three losses positive (so moment_transfer, which only
+    the point losses reach, gets a gradient), detections."""
+    batch = _batch()
+    if hasattr(module, "bbox_head"):
+        losses = module.loss(batch)
+    else:
+        raw = module([torch.randn(2, 8, 4, 4), torch.randn(2, 8, 2, 2)])
+        losses = module.loss(raw, batch.targets, batch.metas)
+    assert set(losses) == {"loss_cls", "loss_pts_init", "loss_pts_refine"}
+    assert all(v > 0 for v in losses.values())
+    sum(losses.values()).backward()
+    if hasattr(module, "bbox_head"):
+        assert len(module.eval().predict(batch)) == 2
+    else:
+        assert len(module.predict(raw, batch.metas)) == 2
+
+
 def run_sabl_head(module):
     """SABL's head: the three losses positive, a gradient to all three branches, detections."""
     raw = module([torch.randn(2, 8, 4, 4), torch.randn(2, 8, 2, 2)])
@@ -1307,23 +1318,6 @@ def run_bucketing_coder(coder):
     torch.testing.assert_close(boxes, gts, atol=1e-3, rtol=1e-4)
     assert confidence.shape == (4,)
 
-
-def run_reppoints(module):
-    """RepPoints' head or detector: the three losses positive (so moment_transfer, which only
-    the point losses reach, gets a gradient), detections."""
-    batch = _batch()
-    if hasattr(module, "bbox_head"):
-        losses = module.loss(batch)
-    else:
-        raw = module([torch.randn(2, 8, 4, 4), torch.randn(2, 8, 2, 2)])
-        losses = module.loss(raw, batch.targets, batch.metas)
-    assert set(losses) == {"loss_cls", "loss_pts_init", "loss_pts_refine"}
-    assert all(v > 0 for v in losses.values())
-    sum(losses.values()).backward()
-    if hasattr(module, "bbox_head"):
-        assert len(module.eval().predict(batch)) == 2
-    else:
-        assert len(module.predict(raw, batch.metas)) == 2
 
 
 def run_ld_head(module):
@@ -1356,6 +1350,7 @@ def run_ga_head(module):
     assert all(v > 0 for v in losses.values())
     sum(losses.values()).backward()
     assert len(module.predict(raw, batch.metas)) == 2
+
 
 
 def _with_masks(batch):
@@ -1486,6 +1481,13 @@ def run_score_hlr_sampler(obj):
     assert weights is None or len(weights) == len(sample.neg_inds)
 
 
+def run_plugin(module):
+    x = torch.randn(2, 8, 6, 5, requires_grad=True)  # DropBlock has no parameters
+    out = module(x)
+    assert out.shape == x.shape
+    _backward_through(module, out)
+
+
 def run_grid_head(module):
     """GridHead: fused and unfused 8 x 8 heatmaps of 4 x 4 RoI features, targets and loss,
     boxes from the heatmaps."""
@@ -1525,13 +1527,6 @@ def run_grid_rcnn(module):
     assert len(module.eval().predict(batch)) == 2
 
 
-def run_plugin(module):
-    x = torch.randn(2, 8, 6, 5, requires_grad=True)  # DropBlock has no parameters
-    out = module(x)
-    assert out.shape == x.shape
-    _backward_through(module, out)
-
-
 def run_coarse_mask_head(module):
     """CoarseMaskHead: 2 x 2 logits of 4 x 4 RoI features and their loss."""
     pred = module(torch.randn(3, 8, 4, 4))
@@ -1568,6 +1563,7 @@ def run_point_rend_roi_head(module):
     results = module.eval().predict(feats, proposals, batch.metas)
     assert all(r.masks is not None and len(r.masks) == len(r) for r in results)
 
+
 def run_sabl_bbox_head(module):
     """SABL's R-CNN box head: bucket targets of shifted RoIs, the three losses positive, the
     detections rescored by the buckets' confidence."""
@@ -1582,6 +1578,7 @@ def run_sabl_bbox_head(module):
     dets, labels = module.get_bboxes(rois, cls_score.detach(), [p.detach() for p in bbox_pred],
                                      dict(img_shape=(32, 32, 3)), cfg=RCNN_TEST_CFG)
     assert dets.shape[1] == 5 and len(dets) == len(labels)
+
 
 def _with_semantic_maps(batch):
     """``batch`` with masks and a ``semantic_seg`` map (3 classes, some pixels 255)."""
@@ -1665,6 +1662,7 @@ def run_scnet_roi_head(module):
     sum(v for k, v in losses.items() if "loss" in k).backward()
     results = module.eval().predict(feats, proposals, batch.metas)
     assert len(results) == 2 and all(r.masks is not None for r in results)
+
 
 def run_scnet(module):
     batch = _with_semantic_maps(_batch())

@@ -28,13 +28,13 @@ __all__ = ["ATSSAssigner", "ApproxMaxIoUAssigner", "AscendMaxIoUAssigner", "Assi
            "PseudoSampler", "RandomSampler", "SamplingResult", "SimOTAAssigner",
            "TaskAlignedAssigner", "UniformAssigner", "bbox_overlaps"]
 
-from detlab.models.assigners.ohem_sampler import OHEMSampler  # noqa: E402
-
-__all__ += ["OHEMSampler"]
-
 from detlab.models.assigners.region_assigner import RegionAssigner  # noqa: E402
 
 __all__ += ["RegionAssigner"]
+
+from detlab.models.assigners.ohem_sampler import OHEMSampler  # noqa: E402
+
+__all__ += ["OHEMSampler"]
 
 from detlab.models.assigners.balanced_samplers import (  # noqa: E402
     CombinedSampler,

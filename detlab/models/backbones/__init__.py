@@ -28,21 +28,21 @@ from detlab.models.backbones.efficientnet import EfficientNet  # noqa: E402
 
 __all__ += ["EfficientNet"]
 
+from detlab.models.backbones.trident_resnet import TridentResNet  # noqa: E402
+
+__all__ += ["TridentResNet"]
+
 from detlab.models.backbones.res2net import Res2Net  # noqa: E402
 
 __all__ += ["Res2Net"]
-
-from detlab.models.backbones.hrnet import HRNet  # noqa: E402
-
-__all__ += ["HRNet"]
 
 from detlab.models.backbones.regnet import RegNet  # noqa: E402
 
 __all__ += ["RegNet"]
 
-from detlab.models.backbones.trident_resnet import TridentResNet  # noqa: E402
+from detlab.models.backbones.hrnet import HRNet  # noqa: E402
 
-__all__ += ["TridentResNet"]
+__all__ += ["HRNet"]
 
 from detlab.models.backbones.resnest import ResNeSt  # noqa: E402
 

@@ -41,10 +41,6 @@ from detlab.models.detectors.yolof import YOLOF  # noqa: E402
 
 __all__ += ["YOLOF"]
 
-from detlab.models.detectors.autoassign import AutoAssign  # noqa: E402
-
-__all__ += ["AutoAssign"]
-
 from detlab.models.detectors.fsaf import FSAF  # noqa: E402
 
 __all__ += ["FSAF"]
@@ -52,6 +48,10 @@ __all__ += ["FSAF"]
 from detlab.models.detectors.ddod import DDOD  # noqa: E402
 
 __all__ += ["DDOD"]
+
+from detlab.models.detectors.autoassign import AutoAssign  # noqa: E402
+
+__all__ += ["AutoAssign"]
 
 from detlab.models.detectors.centernet import CenterNet  # noqa: E402
 
@@ -91,13 +91,13 @@ from detlab.models.detectors.mask_rcnn import MaskRCNN  # noqa: E402
 
 __all__ += ["MaskRCNN"]
 
-from detlab.models.detectors.cascade_rcnn import CascadeRCNN  # noqa: E402
-
-__all__ += ["CascadeRCNN"]
-
 from detlab.models.detectors.mask_scoring_rcnn import MaskScoringRCNN  # noqa: E402
 
 __all__ += ["MaskScoringRCNN"]
+
+from detlab.models.detectors.cascade_rcnn import CascadeRCNN  # noqa: E402
+
+__all__ += ["CascadeRCNN"]
 
 from detlab.models.detectors.grid_rcnn import GridRCNN  # noqa: E402
 
@@ -111,10 +111,10 @@ from detlab.models.detectors.htc import HybridTaskCascade  # noqa: E402
 
 __all__ += ["HybridTaskCascade"]
 
-from detlab.models.detectors.scnet import SCNet  # noqa: E402
-
-__all__ += ["SCNet"]
-
 from detlab.models.detectors.trident_faster_rcnn import TridentFasterRCNN  # noqa: E402
 
 __all__ += ["TridentFasterRCNN"]
+
+from detlab.models.detectors.scnet import SCNet  # noqa: E402
+
+__all__ += ["SCNet"]

@@ -129,10 +129,6 @@ from detlab.models.heads.yolof_head import YOLOFHead  # noqa: E402
 
 __all__ += ["YOLOFHead"]
 
-from detlab.models.heads.autoassign_head import AutoAssignHead  # noqa: E402
-
-__all__ += ["AutoAssignHead"]
-
 from detlab.models.heads.fsaf_head import FSAFHead  # noqa: E402
 
 __all__ += ["FSAFHead"]
@@ -140,6 +136,10 @@ __all__ += ["FSAFHead"]
 from detlab.models.heads.ddod_head import DDODHead  # noqa: E402
 
 __all__ += ["DDODHead"]
+
+from detlab.models.heads.autoassign_head import AutoAssignHead  # noqa: E402
+
+__all__ += ["AutoAssignHead"]
 
 from detlab.models.heads.retina_sepbn_head import RetinaSepBNHead  # noqa: E402
 

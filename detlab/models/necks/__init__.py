@@ -37,10 +37,10 @@ from detlab.models.necks.neck_sequence import NeckSequence, build_neck  # noqa: 
 
 __all__ += ["BFP", "NeckSequence", "build_neck"]
 
-from detlab.models.necks.pafpn import PAFPN  # noqa: E402
-
-__all__ += ["PAFPN"]
-
 from detlab.models.necks.hrfpn import HRFPN  # noqa: E402
 
 __all__ += ["HRFPN"]
+
+from detlab.models.necks.pafpn import PAFPN  # noqa: E402
+
+__all__ += ["PAFPN"]

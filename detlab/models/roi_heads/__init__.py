@@ -46,15 +46,15 @@ from detlab.models.roi_heads.mask_scoring_roi_head import MaskScoringRoIHead  # 
 
 __all__ += ["MaskScoringRoIHead"]
 
-from detlab.models.roi_heads.grid_head import GridHead  # noqa: E402
-from detlab.models.roi_heads.grid_roi_head import GridRoIHead  # noqa: E402
-
-__all__ += ["GridHead", "GridRoIHead"]
-
 from detlab.models.roi_heads.dynamic_roi_head import DynamicRoIHead  # noqa: E402
 from detlab.models.roi_heads.pisa_roi_head import PISARoIHead  # noqa: E402
 
 __all__ += ["DynamicRoIHead", "PISARoIHead"]
+
+from detlab.models.roi_heads.grid_head import GridHead  # noqa: E402
+from detlab.models.roi_heads.grid_roi_head import GridRoIHead  # noqa: E402
+
+__all__ += ["GridHead", "GridRoIHead"]
 
 from detlab.models.roi_heads.point_rend_roi_head import PointRendRoIHead  # noqa: E402
 from detlab.models.roi_heads.point_sample import SimpleRoIAlign  # noqa: E402
@@ -65,10 +65,10 @@ from detlab.models.roi_heads.htc_roi_head import HybridTaskCascadeRoIHead  # noq
 
 __all__ += ["HybridTaskCascadeRoIHead"]
 
-from detlab.models.roi_heads.scnet_roi_head import SCNetBBoxHead, SCNetRoIHead  # noqa: E402
-
-__all__ += ["SCNetBBoxHead", "SCNetRoIHead"]
-
 from detlab.models.roi_heads.trident_roi_head import TridentRoIHead  # noqa: E402
 
 __all__ += ["TridentRoIHead"]
+
+from detlab.models.roi_heads.scnet_roi_head import SCNetBBoxHead, SCNetRoIHead  # noqa: E402
+
+__all__ += ["SCNetBBoxHead", "SCNetRoIHead"]
