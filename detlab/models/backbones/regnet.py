@@ -20,7 +20,6 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 from torchvision.models.resnet import Bottleneck
 
 from detlab.config import ConfigError
@@ -259,17 +258,6 @@ class RegNet(ResNet):
             blocks.append(block)
         return nn.Sequential(*blocks)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """``(B, in_channels, H, W)`` -> the ``out_indices`` stage outputs, stage ``i`` of shape
-        ``(B, stage_widths[i], H / 2**(i+2), W / 2**(i+2))`` (with the default strides)."""
-        x = self.relu(self.bn1(self.conv1(x)))
-        outs = []
-        for i, stage in enumerate(self.stages()):
-            for block in stage:
-                if self.with_cp and self.training:
-                    x = checkpoint(block, x, use_reentrant=False)
-                else:
-                    x = block(x)
-            if i in self.out_indices:
-                outs.append(x)
-        return tuple(outs)
+    def stem_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """RegNet's stem: one stride-2 conv, norm and ReLU, no max pool."""
+        return self.relu(self.bn1(self.conv1(x)))

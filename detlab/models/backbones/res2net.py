@@ -21,10 +21,9 @@ from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from detlab.config import ConfigError
-from detlab.models.backbones.resnet import BN, ResNet, _norm
+from detlab.models.backbones.resnet import BN, ResNet, _norm, run_stages
 from detlab.models.init import default_resnet_init, initialize, is_pretrained
 from detlab.models.ops.deform_conv import DeformConv2dPack, ModulatedDeformConv2dPack
 from detlab.models.utils import FrozenStagesMixin, build_conv_layer, build_norm_layer, freeze, thaw
@@ -220,17 +219,7 @@ class DeepStemResNet(FrozenStagesMixin, nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``(B, in_channels, H, W)`` -> the ``out_indices`` stage outputs, stage ``i`` with
         ``stage_channels[i]`` channels at stride ``2**(i+2)`` (with the default strides)."""
-        x = self.maxpool(self.stem(x))
-        outs = []
-        for i, stage in enumerate(self.stages()):
-            for block in stage:
-                if self.with_cp and self.training:
-                    x = checkpoint(block, x, use_reentrant=False)
-                else:
-                    x = block(x)
-            if i in self.out_indices:
-                outs.append(x)
-        return tuple(outs)
+        return run_stages(self, self.maxpool(self.stem(x)))
 
 
 @MODELS.register_module()

@@ -389,20 +389,29 @@ class ResNet(FrozenStagesMixin, nn.Module):
         frozen_modules = [self.conv1, self.bn1] if self.frozen_stages >= 0 else []
         freeze(frozen_modules + list(self.stages()[:max(self.frozen_stages, 0)]))
 
+    def stem_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The stem: conv1, norm, ReLU and the max pool (stride 4)."""
+        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``(B, in_channels, H, W)`` -> the ``out_indices`` stage outputs, stage ``i`` of shape
         ``(B, stage_channels[i], H / 2**(i+2), W / 2**(i+2))`` (with the default strides)."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        outs = []
-        for i, stage in enumerate(self.stages()):
-            for block in stage:
-                if self.with_cp and self.training:
-                    x = checkpoint(block, x, use_reentrant=False)
-                else:
-                    x = block(x)
-            if i in self.out_indices:
-                outs.append(x)
-        return tuple(outs)
+        return run_stages(self, self.stem_forward(x))
+
+
+def run_stages(backbone: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """A ResNet-like backbone's ``stages()`` on its stem's output ``x``: each block through
+    ``torch.utils.checkpoint`` when it trains ``with_cp``; the outputs of ``out_indices``."""
+    outs = []
+    for i, stage in enumerate(backbone.stages()):
+        for block in stage:
+            if backbone.with_cp and backbone.training:
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        if i in backbone.out_indices:
+            outs.append(x)
+    return tuple(outs)
 
 
 @MODELS.register_module()
