@@ -22,8 +22,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from detlab.config import ConfigError
 from detlab.models.heads.base_dense_head import check_cfg_keys
 from detlab.models.heads.nms import check_nms_cfg
+from detlab.models.heads.postprocess import result_meta
 from detlab.models.init import initialize
 from detlab.models.utils import thaw
 from detlab.registry import MODELS
@@ -121,5 +123,22 @@ class BaseRoIHead(nn.Module):
 
     def predict(self, feats: Sequence[torch.Tensor], proposals: Sequence[torch.Tensor],
                 metas: Sequence[Mapping], rescale: bool = True) -> list[DetResult]:
-        """Detections of each image from its proposals."""
-        raise NotImplementedError(f"{type(self).__name__} must define predict")
+        """Detections of each image from its ``(N, 4+)`` proposals (input pixels): boxes in
+        original-image pixels with ``rescale``; with a mask branch, their masks. A head
+        provides ``simple_test_bboxes`` (and, with masks, ``predict_masks``)."""
+        name = type(self).__name__
+        if not self.with_bbox:
+            raise ConfigError(f"{name}.predict needs a bbox_head (model.roi_head.bbox_head)")
+        if self.test_cfg is None:
+            raise ConfigError(f"{name}.predict needs test settings: give the model a "
+                              "test_cfg.rcnn such as dict(score_thr=0.05, nms=dict(type='nms', "
+                              "iou_threshold=0.5), max_per_img=100)")
+        det_bboxes, det_labels = self.simple_test_bboxes(feats, metas, proposals, self.test_cfg,
+                                                         rescale=rescale)
+        results = [DetResult(boxes=d[:, :4], scores=d[:, 4], labels=lbl,
+                             meta=result_meta(meta))
+                   for d, lbl, meta in zip(det_bboxes, det_labels, metas, strict=True)]
+        if self.with_mask:
+            results = self.predict_masks(feats, metas, det_bboxes, det_labels, results,
+                                         rescale=rescale)
+        return results

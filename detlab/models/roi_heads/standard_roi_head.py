@@ -21,7 +21,6 @@ from torch import nn
 from detlab.config import ConfigError
 from detlab.models.assigners import SamplingResult
 from detlab.models.heads.base_dense_head import GroundTruth, unpack_targets
-from detlab.models.heads.postprocess import result_meta
 from detlab.models.roi_heads.base_roi_head import BaseRoIHead
 from detlab.models.roi_heads.roi_extractors import boxes_to_rois
 from detlab.registry import MODELS
@@ -262,27 +261,6 @@ class StandardRoIHead(BaseRoIHead):
         return out
 
     # ---- testing -----------------------------------------------------------------------------
-
-    def predict(self, feats: Sequence[torch.Tensor], proposals: Sequence[torch.Tensor],
-                metas: Sequence[Mapping], rescale: bool = True) -> list[DetResult]:
-        """Detections of each image from its ``(N, 4+)`` proposals (input pixels): boxes in
-        original-image pixels with ``rescale``; with a mask branch, their masks."""
-        if not self.with_bbox:
-            raise ConfigError("StandardRoIHead.predict needs a bbox_head (model.roi_head."
-                              "bbox_head)")
-        if self.test_cfg is None:
-            raise ConfigError("StandardRoIHead.predict needs test settings: give the model a "
-                              "test_cfg.rcnn such as dict(score_thr=0.05, nms=dict(type='nms', "
-                              "iou_threshold=0.5), max_per_img=100)")
-        det_bboxes, det_labels = self.simple_test_bboxes(feats, metas, proposals, self.test_cfg,
-                                                         rescale=rescale)
-        results = [DetResult(boxes=d[:, :4], scores=d[:, 4], labels=lbl,
-                             meta=result_meta(meta))
-                   for d, lbl, meta in zip(det_bboxes, det_labels, metas, strict=True)]
-        if self.with_mask:
-            results = self.predict_masks(feats, metas, det_bboxes, det_labels, results,
-                                         rescale=rescale)
-        return results
 
     def simple_test_bboxes(self, x: Sequence[torch.Tensor], img_metas: Sequence[Mapping],
                            proposals: Sequence[torch.Tensor], rcnn_test_cfg: Mapping | None,
