@@ -205,10 +205,9 @@ class TwoStageDetector(nn.Module):
         return results
 
 
-@MODELS.register_module()
-class FasterRCNN(TwoStageDetector):
-    """Faster R-CNN (Ren et al., 2015): an RPN and a RoI head on shared features. Arguments
-    as :class:`TwoStageDetector` (``rpn_head`` and ``roi_head`` required)."""
+class ProposingTwoStageDetector(TwoStageDetector):
+    """A two-stage detector with its own RPN: ``rpn_head`` and ``roi_head`` are required, as
+    in MMDetection's ``FasterRCNN``, ``MaskRCNN`` ... (the base of those detectors)."""
 
     def __init__(self, backbone: Mapping | nn.Module, rpn_head: Mapping | nn.Module,
                  roi_head: Mapping | nn.Module, train_cfg: Mapping | None,
@@ -219,6 +218,12 @@ class FasterRCNN(TwoStageDetector):
         super().__init__(backbone=backbone, neck=neck, rpn_head=rpn_head, roi_head=roi_head,
                          train_cfg=train_cfg, test_cfg=test_cfg, pretrained=pretrained,
                          init_cfg=init_cfg)
+
+
+@MODELS.register_module()
+class FasterRCNN(ProposingTwoStageDetector):
+    """Faster R-CNN (Ren et al., 2015): an RPN and a RoI head on shared features. Arguments
+    as :class:`TwoStageDetector` (``rpn_head`` and ``roi_head`` required)."""
 
 
 @MODELS.register_module()
