@@ -45,19 +45,9 @@ class SCNetBBoxHead(ConvFCBBoxHead):
     def forward(self, x: torch.Tensor, return_shared_feat: bool = False) -> tuple:
         """RoI features -> ``(cls_score, bbox_pred)``, plus the shared features with
         ``return_shared_feat``."""
-        for conv in self.shared_convs:
-            x = conv(x)
-        if self.num_shared_fcs > 0:
-            if self.with_avg_pool:
-                x = self.avg_pool(x)
-            x = x.flatten(1)
-            for fc in self.shared_fcs:
-                x = self.relu(fc(x))
-        x_cls = self._branch(x, self.cls_convs, self.cls_fcs)
-        x_reg = self._branch(x, self.reg_convs, self.reg_fcs)
-        cls_score = self.fc_cls(x_cls) if self.with_cls else None
-        bbox_pred = self.fc_reg(x_reg) if self.with_reg else None
-        return (cls_score, bbox_pred, x) if return_shared_feat else (cls_score, bbox_pred)
+        shared = self.shared_features(x)
+        cls_score, bbox_pred = self.predict_from_shared(shared)
+        return (cls_score, bbox_pred, shared) if return_shared_feat else (cls_score, bbox_pred)
 
 
 @MODELS.register_module()

@@ -124,8 +124,8 @@ class ConvFCBBoxHead(BBoxHead):
             x = self.relu(fc(x))
         return x
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """``(K, in_channels, h, w)`` RoI features -> class logits and box deltas."""
+    def shared_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The shared convs and fcs: the input of the class and box branches."""
         for conv in self.shared_convs:
             x = conv(x)
         if self.num_shared_fcs > 0:
@@ -134,11 +134,20 @@ class ConvFCBBoxHead(BBoxHead):
             x = x.flatten(1)
             for fc in self.shared_fcs:
                 x = self.relu(fc(x))
+        return x
+
+    def predict_from_shared(self, x: torch.Tensor
+                            ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The class and box branches on the shared features -> logits and box deltas."""
         x_cls = self._branch(x, self.cls_convs, self.cls_fcs)
         x_reg = self._branch(x, self.reg_convs, self.reg_fcs)
         cls_score = self.fc_cls(x_cls) if self.with_cls else None
         bbox_pred = self.fc_reg(x_reg) if self.with_reg else None
         return cls_score, bbox_pred
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``(K, in_channels, h, w)`` RoI features -> class logits and box deltas."""
+        return self.predict_from_shared(self.shared_features(x))
 
 
 @MODELS.register_module()
