@@ -592,3 +592,16 @@ def check_approx_and_square(owner: str, approx: Mapping | Any, square: Mapping |
     if None not in strides and list(strides[0]) != list(strides[1]):
         raise ConfigError(f"{owner}: approx_anchor_generator.strides {strides[0]} and "
                           f"square_anchor_generator.strides {strides[1]} must be the same")
+
+
+def squares_inside_flags(approx_generator: Any, approxs: torch.Tensor,
+                         sizes: Sequence[tuple[int, int]], pad_shape: Sequence[int],
+                         img_shape: Sequence[int], allowed_border: float,
+                         approxs_per_square: int) -> torch.Tensor:
+    """``(A,)`` bool per square anchor (Guided Anchoring, SABL): any of its
+    ``approxs_per_square`` approximating anchors ``approxs`` is valid (inside the padded image)
+    and within ``allowed_border`` of the image."""
+    flags = torch.cat(approx_generator.valid_flags(sizes, pad_shape, approxs.device))
+    inside = anchor_inside_flags(approxs, flags, img_shape[:2], allowed_border)
+    return inside.reshape(-1, approxs_per_square).any(dim=1)
+

@@ -37,7 +37,10 @@ import torch
 from torch import nn
 
 from detlab.config import ConfigError
-from detlab.models.anchors import anchor_inside_flags, check_approx_and_square
+from detlab.models.anchors import (
+    check_approx_and_square,
+    squares_inside_flags,
+)
 from detlab.models.assigners import PseudoSampler
 from detlab.models.heads.anchor_head import AnchorHead, AnchorTargets
 from detlab.models.heads.base_dense_head import (
@@ -273,11 +276,10 @@ class GuidedAnchorHead(AnchorHead):
                       meta: Mapping) -> torch.Tensor:
         """``(A,)`` bool per square: any of its approximating anchors is valid (inside the
         padded image) and within ``allowed_border`` of the image."""
-        flags = torch.cat(self.approx_anchor_generator.valid_flags(sizes, pad_shape_of(meta),
-                                                                   approxs.device))
-        inside = anchor_inside_flags(approxs, flags, meta["img_shape"][:2],
-                                     self.train_cfg.get("allowed_border", -1))
-        return inside.reshape(-1, self.approxs_per_octave).any(dim=1)
+        return squares_inside_flags(self.approx_anchor_generator, approxs, sizes,
+                                    pad_shape_of(meta), meta["img_shape"],
+                                    self.train_cfg.get("allowed_border", -1),
+                                    self.approxs_per_octave)
 
     # ---- targets -------------------------------------------------------------------------------
 

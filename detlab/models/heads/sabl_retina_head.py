@@ -22,7 +22,10 @@ import torch
 from torch import nn
 
 from detlab.config import ConfigError
-from detlab.models.anchors import anchor_inside_flags, check_approx_and_square
+from detlab.models.anchors import (
+    check_approx_and_square,
+    squares_inside_flags,
+)
 from detlab.models.bucketing_coder import BucketingBBoxCoder
 from detlab.models.heads.base_dense_head import BaseDenseHead, GroundTruth, pad_shape_of
 from detlab.models.heads.nms import multiclass_nms
@@ -154,11 +157,10 @@ class SABLRetinaHead(BaseDenseHead):
                       meta: Mapping) -> torch.Tensor:
         """``(A,)`` bool per square: any of its approximating anchors is valid (inside the
         padded image) and within ``allowed_border`` of the image."""
-        flags = torch.cat(self.approx_anchor_generator.valid_flags(sizes, pad_shape_of(meta),
-                                                                   approxs.device))
-        inside = anchor_inside_flags(approxs, flags, meta["img_shape"][:2],
-                                     self.train_cfg.get("allowed_border", -1))
-        return inside.reshape(-1, self.approxs_per_octave).any(dim=1)
+        return squares_inside_flags(self.approx_anchor_generator, approxs, sizes,
+                                    pad_shape_of(meta), meta["img_shape"],
+                                    self.train_cfg.get("allowed_border", -1),
+                                    self.approxs_per_octave)
 
     def targets_per_image(self, squares: torch.Tensor, approxs: torch.Tensor,
                           inside: torch.Tensor, gt: GroundTruth) -> tuple:
