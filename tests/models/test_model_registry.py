@@ -93,6 +93,11 @@ def run_fpn(module):
     _backward_through(module, module([torch.randn(2, 4, 16, 16), torch.randn(2, 8, 8, 8)]))
 
 
+def run_dyhead(module):
+    _backward_through(module, module([torch.randn(2, 16, 16, 16), torch.randn(2, 16, 8, 8),
+                                      torch.randn(2, 16, 4, 4)]))
+
+
 def run_head(module):
     raw = module([torch.randn(2, 8, 4, 4), torch.randn(2, 8, 2, 2)])
     batch = _batch()
@@ -1179,6 +1184,8 @@ COMPONENTS = {
     "ResNeSt": (dict(depth=50, num_stages=2, strides=(1, 2), dilations=(1, 1), out_indices=(0, 1),
                      stem_channels=8, base_channels=8, radix=2, reduction_factor=4),
                 run_resnet),
+    # DyHead (two blocks over three levels; its GN has 16 groups)
+    "DyHead": (dict(in_channels=16, out_channels=16, num_blocks=2), run_dyhead),
 }
 
 

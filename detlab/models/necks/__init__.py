@@ -44,3 +44,7 @@ __all__ += ["HRFPN"]
 from detlab.models.necks.pafpn import PAFPN  # noqa: E402
 
 __all__ += ["PAFPN"]
+
+from detlab.models.necks.dyhead import DyHead  # noqa: E402
+
+__all__ += ["DyHead"]

@@ -33,8 +33,12 @@ class NeckSequence(nn.Sequential):
 
     @property
     def num_outs(self) -> Any:
-        """How many maps the last neck gives."""
-        return self._part(-1, "num_outs")
+        """How many maps the last neck gives (a neck that keeps its input's levels, as DyHead,
+        has no ``num_outs`` of its own: then the nearest earlier neck's)."""
+        for index in range(len(self) - 1, -1, -1):
+            if (num := self._part(index, "num_outs")) is not None:
+                return num
+        return None
 
     def init_weights(self) -> None:
         """Each neck's own initialization."""
