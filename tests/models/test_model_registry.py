@@ -1186,6 +1186,13 @@ COMPONENTS = {
                 run_resnet),
     # DyHead (two blocks over three levels; its GN has 16 groups)
     "DyHead": (dict(in_channels=16, out_channels=16, num_blocks=2), run_dyhead),
+    # PyramidVisionTransformer / V2 (8-wide embeddings, one or two layers per stage)
+    "PyramidVisionTransformer": (dict(embed_dims=8, num_layers=[1, 2, 1, 1],
+                                      num_heads=[1, 2, 2, 4], mlp_ratios=[2, 2, 2, 2],
+                                      pretrain_img_size=32, drop_path_rate=0.0), run_resnet),
+    "PyramidVisionTransformerV2": (dict(embed_dims=8, num_layers=[1, 1, 1, 1],
+                                        num_heads=[1, 2, 2, 4], mlp_ratios=[2, 2, 2, 2]),
+                                   run_resnet),
 }
 
 

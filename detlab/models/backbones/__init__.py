@@ -47,3 +47,10 @@ __all__ += ["HRNet"]
 from detlab.models.backbones.resnest import ResNeSt  # noqa: E402
 
 __all__ += ["ResNeSt"]
+
+from detlab.models.backbones.pvt import (  # noqa: E402
+    PyramidVisionTransformer,
+    PyramidVisionTransformerV2,
+)
+
+__all__ += ["PyramidVisionTransformer", "PyramidVisionTransformerV2"]
