@@ -1184,6 +1184,10 @@ COMPONENTS = {
     "ResNeSt": (dict(depth=50, num_stages=2, strides=(1, 2), dilations=(1, 1), out_indices=(0, 1),
                      stem_channels=8, base_channels=8, radix=2, reduction_factor=4),
                 run_resnet),
+    # SwinTransformer (two stages, 3x3 windows: shifted windows and padding on a 32x32 input)
+    "SwinTransformer": (dict(embed_dims=8, depths=(2, 2), num_heads=(1, 2), strides=(4, 2),
+                             window_size=3, out_indices=(0, 1), use_abs_pos_embed=True,
+                             pretrain_img_size=32), run_resnet),
     # DyHead (two blocks over three levels; its GN has 16 groups)
     "DyHead": (dict(in_channels=16, out_channels=16, num_blocks=2), run_dyhead),
     # PyramidVisionTransformer / V2 (8-wide embeddings, one or two layers per stage)

@@ -54,3 +54,7 @@ from detlab.models.backbones.pvt import (  # noqa: E402
 )
 
 __all__ += ["PyramidVisionTransformer", "PyramidVisionTransformerV2"]
+
+from detlab.models.backbones.swin import SwinTransformer  # noqa: E402
+
+__all__ += ["SwinTransformer"]
