@@ -802,6 +802,8 @@ COMPONENTS = {
     # ResNeXt
     "ResNeXt": (dict(depth=50, groups=4, base_width=4, num_stages=2, strides=(1, 2),
                      dilations=(1, 1), out_indices=(0, 1), frozen_stages=-1), run_resnet),
+    "ResNetV1d": (dict(depth=18, num_stages=2, strides=(1, 2), dilations=(1, 1),
+                       out_indices=(0, 1), frozen_stages=-1), run_resnet),
     # YOLOF
     "DilatedEncoder": (dict(in_channels=8, out_channels=8, block_mid_channels=4,
                             num_residual_blocks=2, block_dilations=[2, 4]), run_fpn),

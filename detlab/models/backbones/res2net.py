@@ -23,7 +23,14 @@ import torch
 from torch import nn
 
 from detlab.config import ConfigError
-from detlab.models.backbones.resnet import BN, ResNet, _norm, run_stages
+from detlab.models.backbones.resnet import (
+    BN,
+    ResNet,
+    _norm,
+    avg_down_shortcut,
+    build_deep_stem,
+    run_stages,
+)
 from detlab.models.init import default_resnet_init, initialize, is_pretrained
 from detlab.models.ops.deform_conv import DeformConv2dPack, ModulatedDeformConv2dPack
 from detlab.models.utils import FrozenStagesMixin, build_conv_layer, build_norm_layer, freeze, thaw
@@ -34,34 +41,6 @@ RES2NET_ARCH: dict[int, tuple[int, ...]] = {
     101: (3, 4, 23, 3),
     152: (3, 8, 36, 3),
 }
-
-
-def build_deep_stem(conv_cfg: Mapping | None, norm_cfg: Mapping, in_channels: int,
-                    stem_channels: int) -> nn.Sequential:
-    """MMDetection's ``deep_stem`` (ResNetV1c/d, Res2Net, ResNeSt): three 3x3 convs (the first
-    one stride 2) with norm + ReLU, ``stem_channels // 2`` wide but the last; keys
-    ``stem.0`` / ``stem.1`` / ``stem.3`` / ``stem.4`` / ``stem.6`` / ``stem.7``."""
-    half = stem_channels // 2
-    layers: list[nn.Module] = []
-    for c_in, c_out, stride in ((in_channels, half, 2), (half, half, 1),
-                                (half, stem_channels, 1)):
-        layers += [build_conv_layer(conv_cfg, c_in, c_out, kernel_size=3, stride=stride,
-                                    padding=1, bias=False),
-                   _norm(norm_cfg, c_out), nn.ReLU(inplace=True)]
-    return nn.Sequential(*layers)
-
-
-def avg_down_shortcut(conv_cfg: Mapping | None, norm_cfg: Mapping, in_channels: int,
-                      out_channels: int, stride: int) -> nn.Sequential:
-    """The ``avg_down`` shortcut: ``stride`` x ``stride`` average pooling (ceil mode, padding
-    not counted), then a stride-1 1x1 conv and a norm (``downsample.1`` / ``downsample.2``;
-    a 1x1 pooling at stride 1, as in MMDetection)."""
-    return nn.Sequential(
-        nn.AvgPool2d(kernel_size=stride, stride=stride, ceil_mode=True,
-                     count_include_pad=False),
-        build_conv_layer(conv_cfg, in_channels, out_channels, kernel_size=1, stride=1,
-                         bias=False),
-        _norm(norm_cfg, out_channels))
 
 
 class Bottle2neck(nn.Module):

@@ -9,10 +9,12 @@ MMDetection's GN checkpoints load strictly.
 
 from __future__ import annotations
 
+import inspect
 import re
 import warnings
 from collections.abc import Mapping, Sequence
 from functools import partial
+from typing import Any
 
 import torch
 from torch import nn
@@ -190,17 +192,49 @@ def make_block(block: type[nn.Module], inplanes: int, planes: int, stride: int, 
     return layer
 
 
+def build_deep_stem(conv_cfg: Mapping | None, norm_cfg: Mapping, in_channels: int,
+                    stem_channels: int) -> nn.Sequential:
+    """MMDetection's ``deep_stem`` (ResNetV1c/d, Res2Net, ResNeSt): three 3x3 convs (the first
+    one stride 2) with norm + ReLU, ``stem_channels // 2`` wide but the last; keys
+    ``stem.0`` / ``stem.1`` / ``stem.3`` / ``stem.4`` / ``stem.6`` / ``stem.7``."""
+    half = stem_channels // 2
+    layers: list[nn.Module] = []
+    for c_in, c_out, stride in ((in_channels, half, 2), (half, half, 1),
+                                (half, stem_channels, 1)):
+        layers += [build_conv_layer(conv_cfg, c_in, c_out, kernel_size=3, stride=stride,
+                                    padding=1, bias=False),
+                   _norm(norm_cfg, c_out), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
+
+
+def avg_down_shortcut(conv_cfg: Mapping | None, norm_cfg: Mapping, in_channels: int,
+                      out_channels: int, stride: int) -> nn.Sequential:
+    """The ``avg_down`` shortcut: ``stride`` x ``stride`` average pooling (ceil mode, padding
+    not counted), then a stride-1 1x1 conv and a norm (``downsample.1`` / ``downsample.2``;
+    a 1x1 pooling at stride 1, as in MMDetection)."""
+    return nn.Sequential(
+        nn.AvgPool2d(kernel_size=stride, stride=stride, ceil_mode=True,
+                     count_include_pad=False),
+        build_conv_layer(conv_cfg, in_channels, out_channels, kernel_size=1, stride=1,
+                         bias=False),
+        _norm(norm_cfg, out_channels))
+
+
 def make_res_layer(block: type[nn.Module], inplanes: int, planes: int, num_blocks: int,
                    stride: int, dilation: int, style: str, norm_cfg: Mapping,
                    dcn: Mapping | None = None, groups: int = 1,
                    base_width: int = 64, conv_cfg: Mapping | None = None,
-                   plugins: Sequence[Mapping] | None = None) -> nn.Sequential:
+                   plugins: Sequence[Mapping] | None = None,
+                   avg_down: bool = False) -> nn.Sequential:
     """A stage of ``num_blocks`` blocks; the first one downsamples (1x1 conv + norm, torchvision's
-    ``downsample.0`` / ``downsample.1``) when the stride or the channel count changes.
+    ``downsample.0`` / ``downsample.1``; with ``avg_down`` average pooling, then a stride-1
+    conv: :func:`avg_down_shortcut`) when the stride or the channel count changes.
     ``groups`` / ``base_width`` / ``conv_cfg`` / ``plugins``: see :func:`make_block`."""
     out_channels = planes * block.expansion
     downsample = None
-    if stride != 1 or inplanes != out_channels:
+    if (stride != 1 or inplanes != out_channels) and avg_down:
+        downsample = avg_down_shortcut(conv_cfg, norm_cfg, inplanes, out_channels, stride)
+    elif stride != 1 or inplanes != out_channels:
         downsample = nn.Sequential(
             build_conv_layer(conv_cfg, inplanes, out_channels, kernel_size=1, stride=stride,
                              bias=False),
@@ -252,6 +286,9 @@ class ResNet(FrozenStagesMixin, nn.Module):
             ``NonLocal2d``; see :mod:`detlab.models.plugins`) with the block's channels;
             ``stages`` (one bool per stage, default all) picks the stages, ``position``
             the slot in each of their blocks (``after_conv1`` / ``2`` / ``3``).
+        deep_stem: three 3x3 convs (``stem``, :func:`build_deep_stem`) instead of the 7x7
+            ``conv1`` (ResNetV1d); ``stem_channels`` its width (default 64).
+        avg_down: downsample the shortcuts by average pooling and a stride-1 conv (ResNetV1d).
     """
 
     def __init__(self, depth: int, in_channels: int = 3, num_stages: int = 4,
@@ -266,7 +303,8 @@ class ResNet(FrozenStagesMixin, nn.Module):
                  init_cfg: Mapping | Sequence[Mapping] | None = None,
                  pretrained: str | None = None, *, groups: int = 1,
                  base_width: int = 64, conv_cfg: Mapping | None = None,
-                 plugins: Sequence[Mapping] | None = None) -> None:
+                 plugins: Sequence[Mapping] | None = None, deep_stem: bool = False,
+                 avg_down: bool = False, stem_channels: int | None = None) -> None:
         super().__init__()
         self._check_args(depth, num_stages, strides, dilations, out_indices, style,
                          frozen_stages)
@@ -281,7 +319,8 @@ class ResNet(FrozenStagesMixin, nn.Module):
         self.depth, self.num_stages, self.style = depth, num_stages, style
         self.out_indices = tuple(out_indices)
         self.frozen_stages, self.norm_eval, self.with_cp = frozen_stages, norm_eval, with_cp
-        self.deep_stem = False  # MMDetection's flag for ResNetV1c/d's three-conv stem
+        self.deep_stem, self.avg_down = deep_stem, avg_down
+        stem_channels = 64 if stem_channels is None else stem_channels
         self.zero_init_residual, self.init_cfg = zero_init_residual, thaw(init_cfg)
         self.dcn, self.stage_with_dcn = thaw(dcn), tuple(stage_with_dcn)
         if dcn is not None and len(self.stage_with_dcn) != num_stages:
@@ -289,12 +328,15 @@ class ResNet(FrozenStagesMixin, nn.Module):
                               f"stage ({num_stages})")
         self.conv_cfg, self.plugins = thaw(conv_cfg), check_plugins(plugins, num_stages)
         block, stage_blocks = ARCH_SETTINGS[depth]
-        self.conv1 = build_conv_layer(conv_cfg, in_channels, 64, kernel_size=7, stride=2,
-                                      padding=3, bias=False)
-        self.bn1 = _norm(norm_cfg, 64)
+        if deep_stem:
+            self.stem = build_deep_stem(conv_cfg, norm_cfg, in_channels, stem_channels)
+        else:
+            self.conv1 = build_conv_layer(conv_cfg, in_channels, stem_channels, kernel_size=7,
+                                          stride=2, padding=3, bias=False)
+            self.bn1 = _norm(norm_cfg, stem_channels)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        inplanes, self.stage_channels = 64, []
+        inplanes, self.stage_channels = stem_channels, []
         for i in range(num_stages):
             planes = 64 * 2**i
             stage_dcn = self.dcn if dcn is not None and self.stage_with_dcn[i] else None
@@ -304,7 +346,7 @@ class ResNet(FrozenStagesMixin, nn.Module):
             layer = make_res_layer(block, inplanes, planes, stage_blocks[i], strides[i],
                                    dilations[i], style, norm_cfg, stage_dcn, groups=groups,
                                    base_width=base_width, conv_cfg=conv_cfg,
-                                   plugins=stage_plugins)
+                                   plugins=stage_plugins, avg_down=avg_down)
             self.add_module(f"layer{i + 1}", layer)
             inplanes = planes * block.expansion
             self.stage_channels.append(inplanes)
@@ -386,11 +428,14 @@ class ResNet(FrozenStagesMixin, nn.Module):
         return self.bn1
 
     def _freeze_stages(self) -> None:
-        frozen_modules = [self.conv1, self.bn1] if self.frozen_stages >= 0 else []
+        stem = [self.stem] if self.deep_stem else [self.conv1, self.bn1]
+        frozen_modules = stem if self.frozen_stages >= 0 else []
         freeze(frozen_modules + list(self.stages()[:max(self.frozen_stages, 0)]))
 
     def stem_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The stem: conv1, norm, ReLU and the max pool (stride 4)."""
+        """The stem (conv1, norm, ReLU, or the deep stem) and the max pool: stride 4."""
+        if self.deep_stem:
+            return self.maxpool(self.stem(x))
         return self.maxpool(self.relu(self.bn1(self.conv1(x))))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -450,3 +495,20 @@ class ResNeXt(ResNet):
                          base_width=base_width if groups > 1 else 64, conv_cfg=conv_cfg,
                          plugins=plugins)
         self.groups, self.base_width = groups, base_width
+
+
+def _without(cls: type, *fixed: str) -> inspect.Signature:
+    """``cls``'s constructor signature without ``self`` and the ``fixed`` arguments: what a
+    variant that sets them accepts (the registry's argument checks read it)."""
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    return inspect.Signature([p for p in params if p.name not in fixed])
+
+
+@MODELS.register_module()
+class ResNetV1d(ResNet):
+    """ResNetV1d (MMDetection's, "Bag of Tricks"): the deep stem and average-pooled shortcuts."""
+
+    def __init__(self, depth: int, **kwargs: Any) -> None:
+        super().__init__(depth, deep_stem=True, avg_down=True, **kwargs)
+
+    __signature__ = _without(ResNet, "deep_stem", "avg_down")
