@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from reference.mmdet_reference import import_mmdet, mmdet_config_dir
+from reference.mmdet_reference import import_mmdet, load_mmdet_config, mmdet_config_dir
 from torch import nn
 
 from detlab.config import Config, ConfigError
@@ -171,3 +171,57 @@ def test_detlab_config_is_mmdetections():
     mine = Config.fromfile(REPO / "configs" / CONFIG)
     theirs = Config.fromfile(mmdet_config_dir() / CONFIG)
     assert mine.to_dict() == theirs.to_dict()
+
+
+def test_mask_rcnn_swin_loads_mmdetections_weights_and_matches_its_features():
+    """The shipped Mask R-CNN config with a narrow Swin (and 16-channel heads): MMDetection's
+    detector weights load strictly and backbone + FPN give the same maps on a padded input."""
+    import_mmdet()
+    from mmdet.models import build_detector
+
+    options = {"model.backbone.embed_dims": 8, "model.backbone.num_heads": [1, 2, 2, 4],
+               "model.backbone.window_size": 3, "model.backbone.init_cfg": None,
+               "model.neck.in_channels": [8, 16, 32, 64], "model.neck.out_channels": 16,
+               "model.rpn_head.in_channels": 16, "model.rpn_head.feat_channels": 16,
+               "model.roi_head.bbox_roi_extractor.out_channels": 16,
+               "model.roi_head.bbox_head.in_channels": 16,
+               "model.roi_head.bbox_head.fc_out_channels": 16,
+               "model.roi_head.mask_roi_extractor.out_channels": 16,
+               "model.roi_head.mask_head.in_channels": 16,
+               "model.roi_head.mask_head.conv_out_channels": 16}
+    mm_cfg = load_mmdet_config(CONFIG)
+    mm_cfg.merge_from_dict(options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = build_detector(mm_cfg.model)
+    _randomize(reference)
+    cfg = Config.fromfile(REPO / "configs" / CONFIG)
+    cfg.merge_from_dict(options)
+    ours = build_model(cfg.model)
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    assert _trainable(ours) == _trainable(reference)
+    reference.eval(), ours.eval()
+    images = torch.randn(1, 3, 100, 76, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        expected, got = reference.extract_feat(images), ours.extract_feat(images)
+    assert len(got) == len(expected) == 5
+    for a, b in zip(expected, got, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+
+
+def test_checkpoint_of_another_window_loads_without_its_index_buffers(tmp_path):
+    """MMDetection's own checkpoints carry ``relative_position_index`` buffers; loading one of
+    another window size resizes the tables and keeps this model's indices (MMDetection
+    stops with a size mismatch there)."""
+    source = SwinTransformer(**SMALL)
+    _randomize(source)
+    path = tmp_path / "swin_w3.pth"
+    torch.save({"state_dict": {f"backbone.{k}": v for k, v in source.state_dict().items()}}, path)
+    model = SwinTransformer(**dict(SMALL, window_size=5,
+                                   init_cfg=dict(type="Pretrained", checkpoint=str(path))))
+    index = model.stages[0].blocks[0].attn.w_msa.relative_position_index.clone()
+    model.init_weights()
+    attn = model.stages[0].blocks[0].attn.w_msa
+    assert torch.equal(attn.relative_position_index, index)
+    assert attn.relative_position_bias_table.shape == (81, 1)
+    torch.testing.assert_close(model.norm3.weight, source.norm3.weight)
