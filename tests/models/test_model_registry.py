@@ -1192,6 +1192,11 @@ COMPONENTS = {
                              pretrain_img_size=32), run_resnet),
     # DyHead (two blocks over three levels; its GN has 16 groups)
     "DyHead": (dict(in_channels=16, out_channels=16, num_blocks=2), run_dyhead),
+    # FPG (two bottom-up pathways over three levels; a top-down one would leave the
+    # same_up transitions MMDetection builds for it unused)
+    "FPG": (dict(in_channels=[4, 8], out_channels=8, num_outs=3, stack_times=2,
+                 paths=["bu", "bu"],
+                 across_down_trans=dict(type="interpolation_conv", kernel_size=3)), run_fpn),
     # PyramidVisionTransformer / V2 (8-wide embeddings, one or two layers per stage)
     "PyramidVisionTransformer": (dict(embed_dims=8, num_layers=[1, 2, 1, 1],
                                       num_heads=[1, 2, 2, 4], mlp_ratios=[2, 2, 2, 2],

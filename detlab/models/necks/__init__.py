@@ -48,3 +48,7 @@ __all__ += ["PAFPN"]
 from detlab.models.necks.dyhead import DyHead  # noqa: E402
 
 __all__ += ["DyHead"]
+
+from detlab.models.necks.fpg import FPG  # noqa: E402
+
+__all__ += ["FPG"]
