@@ -166,7 +166,7 @@ def test_paste_in_chunks_equals_paste_one_by_one():
 
 def test_configuration_errors():
     with pytest.raises(ConfigError, match="carafe"):
-        FCNMaskHead(upsample_cfg=dict(type="carafe", scale_factor=2))
+        FCNMaskHead(upsample_cfg=dict(type="carafe", scale_factor=2, kernel=5))
     with pytest.raises(ConfigError, match="upsample_cfg.type"):
         FCNMaskHead(upsample_cfg=dict(type="pixelshuffle", scale_factor=2))
     with pytest.raises(ConfigError, match="init_cfg"):

@@ -1197,6 +1197,10 @@ COMPONENTS = {
     "FPG": (dict(in_channels=[4, 8], out_channels=8, num_outs=3, stack_times=2,
                  paths=["bu", "bu"],
                  across_down_trans=dict(type="interpolation_conv", kernel_size=3)), run_fpn),
+    # FPN_CARAFE (CARAFE upsampling, one extra level)
+    "FPN_CARAFE": (dict(in_channels=[4, 8], out_channels=8, num_outs=3,
+                        upsample_cfg=dict(type="carafe", up_kernel=3, compressed_channels=4)),
+                   run_fpn),
     # PyramidVisionTransformer / V2 (8-wide embeddings, one or two layers per stage)
     "PyramidVisionTransformer": (dict(embed_dims=8, num_layers=[1, 2, 1, 1],
                                       num_heads=[1, 2, 2, 4], mlp_ratios=[2, 2, 2, 2],

@@ -52,3 +52,7 @@ __all__ += ["DyHead"]
 from detlab.models.necks.fpg import FPG  # noqa: E402
 
 __all__ += ["FPG"]
+
+from detlab.models.necks.fpn_carafe import FPN_CARAFE  # noqa: E402
+
+__all__ += ["FPN_CARAFE"]

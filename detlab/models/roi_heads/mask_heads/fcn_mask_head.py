@@ -32,6 +32,7 @@ from torchvision.ops import roi_align
 from detlab.config import ConfigError
 from detlab.data.masks import BitmapMasks, PolygonMasks, polygons_to_bitmap
 from detlab.models.init import initialize
+from detlab.models.ops.carafe import CARAFEPack
 from detlab.models.utils import ConvModule, build_conv_layer, frozen, thaw
 from detlab.registry import MODELS
 
@@ -57,6 +58,11 @@ def _build_upsample(cfg: Mapping[str, Any] | None, channels: int, out_channels: 
     method, scale = cfg.pop("type"), cfg.pop("scale_factor", None)
     if method == "deconv":
         return nn.ConvTranspose2d(channels, out_channels, kernel_size=scale, stride=scale, **cfg)
+    if method == "carafe":  # CARAFE in plain PyTorch; keeps the channels, as in MMDetection
+        try:
+            return CARAFEPack(channels, scale, **cfg)
+        except TypeError as err:
+            raise ConfigError(f"mask_head.upsample_cfg carafe: {err}") from err
     align_corners = None if method == "nearest" else False
     return nn.Upsample(scale_factor=scale, mode=method, align_corners=align_corners, **cfg)
 
@@ -73,8 +79,9 @@ class FCNMaskHead(nn.Module):
         conv_out_channels: their channels (and the transposed conv's).
         num_classes: classes, without background.
         class_agnostic: one mask per RoI instead of one per class.
-        upsample_cfg: ``dict(type='deconv' | 'nearest' | 'bilinear' | None, scale_factor=2)``;
-            ``'carafe'`` needs mmcv's compiled CARAFE op, which detlab does not have.
+        upsample_cfg: ``dict(type='deconv' | 'nearest' | 'bilinear' | 'carafe' | None,
+            scale_factor=2)``; ``'carafe'`` takes CARAFEPack's arguments (``up_kernel`` ...)
+            and is computed in plain PyTorch (:mod:`detlab.models.ops.carafe`).
         conv_cfg, norm_cfg: of the convs.
         predictor_cfg: the conv config of ``conv_logits``.
         loss_mask: the mask loss (``CrossEntropyLoss`` with ``use_mask=True``).
@@ -100,10 +107,6 @@ class FCNMaskHead(nn.Module):
         if method not in UPSAMPLE_METHODS:
             raise ConfigError(f"mask_head.upsample_cfg.type {method!r} is not an upsampling "
                               f"method; use one of {UPSAMPLE_METHODS}")
-        if method == "carafe":
-            raise ConfigError("mask_head.upsample_cfg.type 'carafe' needs mmcv's compiled CARAFE "
-                              "op, which detlab does not provide; use 'deconv', 'bilinear' or "
-                              "'nearest'")
         self.upsample_cfg, self.upsample_method = upsample_cfg, method
         self.scale_factor = upsample_cfg.get("scale_factor")
         self.num_convs, self.roi_feat_size = num_convs, _pair(roi_feat_size)
@@ -131,7 +134,9 @@ class FCNMaskHead(nn.Module):
         the convs keep :class:`ConvModule`'s own."""
         initialize(self, None, load_pretrained=False)
         for layer in (self.upsample, self.conv_logits):
-            if getattr(layer, "weight", None) is not None and hasattr(layer, "bias"):
+            if isinstance(layer, CARAFEPack):
+                layer.init_weights()
+            elif getattr(layer, "weight", None) is not None and hasattr(layer, "bias"):
                 nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
                 nn.init.constant_(layer.bias, 0)
 
