@@ -1201,6 +1201,8 @@ COMPONENTS = {
     "FPN_CARAFE": (dict(in_channels=[4, 8], out_channels=8, num_outs=3,
                         upsample_cfg=dict(type="carafe", up_kernel=3, compressed_channels=4)),
                    run_fpn),
+    # ChannelMapper (two extra levels)
+    "ChannelMapper": (dict(in_channels=[4, 8], out_channels=8, num_outs=4), run_fpn),
     # PyramidVisionTransformer / V2 (8-wide embeddings, one or two layers per stage)
     "PyramidVisionTransformer": (dict(embed_dims=8, num_layers=[1, 2, 1, 1],
                                       num_heads=[1, 2, 2, 4], mlp_ratios=[2, 2, 2, 2],

@@ -56,3 +56,7 @@ __all__ += ["FPG"]
 from detlab.models.necks.fpn_carafe import FPN_CARAFE  # noqa: E402
 
 __all__ += ["FPN_CARAFE"]
+
+from detlab.models.necks.channel_mapper import ChannelMapper  # noqa: E402
+
+__all__ += ["ChannelMapper"]
