@@ -1,6 +1,8 @@
 """DyHead against MMDetection 2.28: same state_dict and, with its weights (non-zero offsets, so
-the deformable sampling matters), the same outputs; zero_init_offset; errors; the shipped
-config. (The zoo's ATSS + DyHead rows are checked by ``test_zoo.py``.)"""
+the deformable sampling matters), the same outputs; a small ATSS + FPN + DyHead from the zoo
+config with MMDetection's weights gives the same head outputs, losses (also with an empty
+ground truth) and detections; zero_init_offset; errors; the shipped config. (The zoo's ATSS +
+DyHead rows are checked by ``test_zoo.py``.)"""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from reference.mmdet_reference import import_mmdet, mmdet_config_dir
+from test_fcos import SMALL, build_pair, compare_detections, compare_losses, compare_outputs
 
 from detlab.config import Config, ConfigError
 from detlab.models.necks import DyHead
@@ -25,6 +28,29 @@ def test_detlab_config_is_mmdetections():
     mine = Config.fromfile(REPO / "configs" / CONFIG)
     theirs = Config.fromfile(mmdet_config_dir() / CONFIG)
     assert mine.to_dict() == theirs.to_dict()
+
+
+SMALL_DYHEAD = {**SMALL, "model.bbox_head.stacked_convs": 0, "model.neck": [
+    dict(type="FPN", in_channels=[64, 128, 256, 512], out_channels=32, start_level=1,
+         add_extra_convs="on_output", num_outs=5),
+    dict(type="DyHead", in_channels=32, out_channels=32, num_blocks=2)]}
+
+
+@pytest.fixture(scope="module")
+def atss_dyhead_pair():
+    with pytest.MonkeyPatch.context() as patch:
+        import_mmdet()
+        _read_offsets_as_mmcv_compiled_op(patch)
+        yield build_pair(CONFIG, "atss_cls", SMALL_DYHEAD)
+
+
+def test_detector_outputs_losses_and_detections_match_mmdetection(atss_dyhead_pair):
+    compare_outputs(*atss_dyhead_pair)
+    losses = compare_losses(*atss_dyhead_pair)
+    assert all(v > 0 for v in losses.values())
+    empty = compare_losses(*atss_dyhead_pair, empty=True)
+    assert empty["loss_cls"] > 0 and empty["loss_bbox"] == 0
+    compare_detections(*atss_dyhead_pair)
 
 
 def _read_offsets_as_mmcv_compiled_op(monkeypatch):
