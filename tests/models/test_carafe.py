@@ -135,3 +135,33 @@ def test_init_and_errors():
         FPN_CARAFE(IN_CHANNELS, 8, num_outs=5, upsample_cfg=dict(type="deconv"))
     with pytest.raises(ConfigError, match="upsample_cfg"):
         FPN_CARAFE(IN_CHANNELS, 8, num_outs=5, upsample_cfg=dict(type="bicubic"))
+
+
+def test_carafe_mask_head_matches_mmdetection(monkeypatch):
+    """The mask head of the zoo's CARAFE Mask R-CNN (``upsample_cfg=dict(type='carafe')``):
+    same state_dict and mask logits with MMDetection's weights."""
+    import_mmdet()
+    from mmdet.models.roi_heads.mask_heads import FCNMaskHead as Reference
+
+    from detlab.models.roi_heads.mask_heads.fcn_mask_head import FCNMaskHead
+
+    monkeypatch.setattr(sys.modules["mmcv.ops.carafe"], "carafe", reference_carafe)
+    args = dict(num_convs=2, in_channels=8, conv_out_channels=8, num_classes=3,
+                upsample_cfg=dict(type="carafe", scale_factor=2, up_kernel=5, up_group=1,
+                                  encoder_kernel=3, encoder_dilation=1, compressed_channels=4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = Reference(**args)
+    ours = FCNMaskHead(**args)
+    shapes = {k: tuple(v.shape) for k, v in ours.state_dict().items()}
+    assert shapes == {k: tuple(v.shape) for k, v in reference.state_dict().items()}
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in reference.parameters():
+            param.copy_(torch.randn(param.shape, generator=gen) * 0.2)
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    rois = torch.randn(3, 8, 7, 7, generator=gen)
+    with torch.no_grad():
+        expected, got = reference(rois), ours(rois)
+    assert got.shape == (3, 3, 14, 14)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
