@@ -26,36 +26,13 @@ from torch import nn
 from torchvision.ops import StochasticDepth
 
 from detlab.config import ConfigError
+from detlab.models.backbones.transformer_parts import (
+    init_linears_and_layer_norms,
+    layer_norm,
+    pair,
+)
 from detlab.models.utils import build_activation_layer, frozen, thaw
 from detlab.registry import MODELS
-
-
-def _pair(value: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(value, int):
-        return value, value
-    value = tuple(value)
-    if len(value) == 1:
-        return value[0], value[0]
-    if len(value) != 2:
-        raise ConfigError(f"backbone.pretrain_img_size must be an int or (height, width); "
-                          f"got {value!r}")
-    return value
-
-
-def _layer_norm(norm_cfg: Mapping[str, Any], dims: int) -> nn.LayerNorm:
-    """``dict(type='LN', eps=..., requires_grad=...)`` -> LayerNorm (the only norm PVT uses)."""
-    args = dict(norm_cfg)
-    if args.pop("type", None) != "LN":
-        raise ConfigError(f"backbone.norm_cfg must be dict(type='LN', ...) for a PVT "
-                          f"(its norms act on tokens); got {dict(norm_cfg)!r}")
-    requires_grad = bool(args.pop("requires_grad", True))
-    try:
-        layer = nn.LayerNorm(dims, **args)
-    except TypeError as err:
-        raise ConfigError(f"backbone.norm_cfg {dict(norm_cfg)!r}: {err}") from err
-    for param in layer.parameters():
-        param.requires_grad = requires_grad
-    return layer
 
 
 def _drop_path(rate: float) -> nn.Module:
@@ -80,7 +57,7 @@ class PatchEmbed(nn.Module):
                  padding: int, norm_cfg: Mapping[str, Any]) -> None:
         super().__init__()
         self.projection = nn.Conv2d(in_channels, embed_dims, kernel_size, stride, padding)
-        self.norm = _layer_norm(norm_cfg, embed_dims)
+        self.norm = layer_norm(norm_cfg, embed_dims, "a PVT")
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         x = self.projection(x)
@@ -122,7 +99,7 @@ class SpatialReductionAttention(nn.Module):
         self.sr_ratio = sr_ratio
         if sr_ratio > 1:
             self.sr = nn.Conv2d(embed_dims, embed_dims, sr_ratio, sr_ratio)
-            self.norm = _layer_norm(norm_cfg, embed_dims)
+            self.norm = layer_norm(norm_cfg, embed_dims, "a PVT")
 
     def forward(self, x: torch.Tensor, hw: tuple[int, int], identity: torch.Tensor
                 ) -> torch.Tensor:
@@ -167,10 +144,10 @@ class PVTEncoderLayer(nn.Module):
                  qkv_bias: bool, act_cfg: Mapping[str, Any], norm_cfg: Mapping[str, Any],
                  sr_ratio: int, use_conv_ffn: bool) -> None:
         super().__init__()
-        self.norm1 = _layer_norm(norm_cfg, embed_dims)
+        self.norm1 = layer_norm(norm_cfg, embed_dims, "a PVT")
         self.attn = SpatialReductionAttention(embed_dims, num_heads, attn_drop_rate, drop_rate,
                                               drop_path_rate, qkv_bias, norm_cfg, sr_ratio)
-        self.norm2 = _layer_norm(norm_cfg, embed_dims)
+        self.norm2 = layer_norm(norm_cfg, embed_dims, "a PVT")
         self.ffn = MixFFN(embed_dims, feedforward_channels, act_cfg, drop_rate, drop_path_rate,
                           use_conv_ffn)
 
@@ -282,7 +259,7 @@ class PyramidVisionTransformer(nn.Module):
                               f"0..{num_stages - 1}")
         self.init_cfg, self.convert_weights = thaw(init_cfg), convert_weights
         self.embed_dims, self.num_stages, self.out_indices = embed_dims, num_stages, out_indices
-        img_h, img_w = _pair(pretrain_img_size)
+        img_h, img_w = pair(pretrain_img_size, "pretrain_img_size")
         rates = torch.linspace(0, drop_path_rate, sum(num_layers), device="cpu").tolist()
         self.layers = nn.ModuleList()
         channels, first, reduction = [], 0, 1
@@ -299,7 +276,7 @@ class PyramidVisionTransformer(nn.Module):
                                           attn_drop_rate, rates[first + j], qkv_bias, act_cfg,
                                           norm_cfg, sr_ratios[i], use_conv_ffn)
                           for j in range(count))
-            norm = _layer_norm(norm_cfg, dims) if norm_after_stage else nn.Identity()
+            norm = layer_norm(norm_cfg, dims, "a PVT") if norm_after_stage else nn.Identity()
             self.layers.append(nn.ModuleList([embed, blocks, norm]))
             in_channels, first = dims, first + count
             channels.append(dims)
@@ -309,21 +286,16 @@ class PyramidVisionTransformer(nn.Module):
     def _default_init(self) -> None:
         """MMDetection's init from scratch: truncated-normal linears, He-style normal convs
         (fan-out over groups), unit LayerNorms, truncated-normal position embeddings."""
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Conv2d):
+        def convs_and_positions(m: nn.Module) -> None:
+            if isinstance(m, nn.Conv2d):
                 fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
                 nn.init.normal_(m.weight, 0, math.sqrt(2.0 / fan_out))
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
             elif isinstance(m, AbsolutePositionEmbedding):
                 m.init_weights()
+
+        init_linears_and_layer_norms(self, convs_and_positions)
 
     def init_weights(self) -> None:
         """From scratch without ``init_cfg``; else load its ``checkpoint`` (any ``type``, as

@@ -28,37 +28,14 @@ import torch.utils.checkpoint as cp
 from torch import nn
 
 from detlab.config import ConfigError
+from detlab.models.backbones.transformer_parts import (
+    init_linears_and_layer_norms,
+    layer_norm,
+    pair,
+)
 from detlab.models.init import is_pretrained
 from detlab.models.utils import build_activation_layer, freeze
 from detlab.registry import MODELS
-
-
-def _pair(value: int | Sequence[int], key: str) -> tuple[int, int]:
-    if isinstance(value, int):
-        return value, value
-    value = tuple(value)
-    if len(value) == 1:
-        return value[0], value[0]
-    if len(value) != 2:
-        raise ConfigError(f"backbone.{key}: give one size or (height, width); got {value!r}")
-    return value  # type: ignore[return-value]
-
-
-def build_norm_layer(cfg: Mapping[str, Any], dims: int) -> tuple[str, nn.Module]:
-    """A LayerNorm over the last ``dims`` channels from ``norm_cfg=dict(type='LN', ...)`` (the
-    only norm MMDetection's Swin works with: tokens are ``(B, L, C)``)."""
-    args = dict(cfg)
-    kind = args.pop("type", None)
-    if kind != "LN":
-        raise ConfigError(f"backbone.norm_cfg: Swin's tokens need dict(type='LN'); got {cfg!r}")
-    requires_grad = bool(args.pop("requires_grad", True))
-    try:
-        layer = nn.LayerNorm(dims, **args)
-    except TypeError as err:
-        raise ConfigError(f"backbone.norm_cfg {dict(cfg)!r}: {err}") from err
-    for param in layer.parameters():
-        param.requires_grad = requires_grad
-    return "ln", layer
 
 
 def _pad_to_multiple(x: torch.Tensor, stride: int) -> torch.Tensor:
@@ -95,7 +72,7 @@ class PatchEmbed(nn.Module):
         super().__init__()
         self.patch_size = patch_size
         self.projection = nn.Conv2d(in_channels, embed_dims, patch_size, stride=patch_size)
-        self.norm = build_norm_layer(norm_cfg, embed_dims)[1] if norm_cfg else None
+        self.norm = layer_norm(norm_cfg, embed_dims, "Swin") if norm_cfg else None
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         x = self.projection(_pad_to_multiple(x, self.patch_size))
@@ -117,7 +94,7 @@ class PatchMerging(nn.Module):
         self.stride = stride
         self.out_channels = out_channels
         sample_dim = stride * stride * in_channels
-        self.norm = build_norm_layer(norm_cfg, sample_dim)[1] if norm_cfg else None
+        self.norm = layer_norm(norm_cfg, sample_dim, "Swin") if norm_cfg else None
         self.reduction = nn.Linear(sample_dim, out_channels, bias=False)
 
     def forward(self, x: torch.Tensor, hw_shape: tuple[int, int]
@@ -268,11 +245,11 @@ class SwinBlock(nn.Module):
                  act_cfg: Mapping[str, Any], norm_cfg: Mapping[str, Any], with_cp: bool):
         super().__init__()
         self.with_cp = with_cp
-        self.norm1 = build_norm_layer(norm_cfg, embed_dims)[1]
+        self.norm1 = layer_norm(norm_cfg, embed_dims, "Swin")
         self.attn = ShiftWindowMSA(embed_dims, num_heads, window_size,
                                    window_size // 2 if shift else 0, qkv_bias, qk_scale,
                                    attn_drop_rate, drop_rate, drop_path_rate)
-        self.norm2 = build_norm_layer(norm_cfg, embed_dims)[1]
+        self.norm2 = layer_norm(norm_cfg, embed_dims, "Swin")
         self.ffn = FFN(embed_dims, feedforward_channels, act_cfg, drop_rate, drop_path_rate)
 
     def _forward(self, x: torch.Tensor, hw_shape: tuple[int, int]) -> torch.Tensor:
@@ -395,7 +372,7 @@ class SwinTransformer(nn.Module):
         self.patch_embed = PatchEmbed(in_channels, embed_dims, patch_size,
                                       norm_cfg if patch_norm else None)
         if use_abs_pos_embed:
-            rows, cols = _pair(pretrain_img_size, "pretrain_img_size")
+            rows, cols = pair(pretrain_img_size, "pretrain_img_size")
             self.absolute_pos_embed = nn.Parameter(
                 torch.zeros(1, embed_dims, rows // patch_size, cols // patch_size))
         self.drop_after_pos = nn.Dropout(p=drop_rate)
@@ -418,7 +395,7 @@ class SwinTransformer(nn.Module):
                 channels = downsample.out_channels
         self.num_features = [int(embed_dims * 2**i) for i in range(num_stages)]
         for i in self.out_indices:
-            self.add_module(f"norm{i}", build_norm_layer(norm_cfg, self.num_features[i])[1])
+            self.add_module(f"norm{i}", layer_norm(norm_cfg, self.num_features[i], "Swin"))
         self.out_channels = [self.num_features[i] for i in self.out_indices]
         self.feat_dim = self.num_features[-1]
         self._default_init()
@@ -429,16 +406,11 @@ class SwinTransformer(nn.Module):
         unit LayerNorms, truncated-normal position tables."""
         if self.use_abs_pos_embed:
             nn.init.trunc_normal_(self.absolute_pos_embed, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, WindowMSA):
+        def position_tables(m: nn.Module) -> None:
+            if isinstance(m, WindowMSA):
                 nn.init.trunc_normal_(m.relative_position_bias_table, std=0.02)
+
+        init_linears_and_layer_norms(self, position_tables)
 
     def init_weights(self) -> None:
         """Load ``init_cfg``'s ``Pretrained`` checkpoint the way MMDetection's Swin does: keys
