@@ -194,9 +194,11 @@ def _model_parts(value: Any, path: str, key: str, in_init: bool = False) -> Iter
 
     if isinstance(value, Mapping):
         if _typed(value):
-            # *_cfg dicts (norm_cfg, act_cfg ...), nms, RoI extractors' roi_layer and everything
-            # in init_cfg are layer specs read by helpers, not parts built through the registry
-            spec = in_init or key.endswith("_cfg") or key in ("nms", "roi_layer")
+            # *_cfg dicts (norm_cfg, act_cfg ...), nms, RoI extractors' roi_layer, FPG's *_trans
+            # transitions and everything in init_cfg are layer specs read by their owner, not
+            # parts built through the registry
+            spec = (in_init or key.endswith(("_cfg", "_trans"))
+                    or key in ("nms", "roi_layer"))
             yield Component(path, value, MODELS, value["type"], strict=not spec,
                             provided=PROVIDED_BY_PARENT.get(key, frozenset()))
         for child, item in value.items():
